@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("config")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Worker life-cycle hooks (parent-death signal, recovery on start).
+import executions.worker  # noqa: E402,F401

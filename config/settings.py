@@ -1,0 +1,261 @@
+"""TaskHub settings, every knob read from the environment.
+
+With no variables set everything runs on one machine with nothing else
+installed: SQLite under ``var/`` and kombu's filesystem transport as broker.
+``DATABASE_URL=postgres://…`` and ``CELERY_BROKER_URL=redis://…`` give the
+production stack.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("TASKHUB_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
+
+
+def env_number(name: str, default: float, *, minimum: float = 0, integer: bool = False) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected {kind}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# Core Django
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    # A fresh clone must run without configuration: keep a random key under
+    # var/ so sessions survive restarts of the embedded default.
+    _key_file = VAR_DIR / "secret_key"
+    if _key_file.exists():
+        SECRET_KEY = _key_file.read_text().strip()
+    else:
+        from django.core.management.utils import get_random_secret_key
+
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        SECRET_KEY = get_random_secret_key()
+        _key_file.write_text(SECRET_KEY)
+        _key_file.chmod(0o600)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "django_celery_results",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "taskhub",
+    "executions",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite under var/ unless DATABASE_URL says otherwise
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'taskhub.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL lets web, worker and beat read while one of them writes; the
+        # busy timeout (seconds) and IMMEDIATE transactions make writers queue
+        # instead of failing with "database is locked".
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # The test database must be a file: worker processes share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-taskhub.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TASKHUB_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "taskhub": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "executions": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
+
+# REST framework
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.DjangoModelPermissions"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+}
+SPECTACULAR_SETTINGS = {"TITLE": "TaskHub API", "VERSION": "1.0.0"}
+
+# Celery: broker (embedded filesystem transport unless CELERY_BROKER_URL is set)
+BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+BROKER_SCHEME = urlsplit(CELERY_BROKER_URL).scheme.split("+")[0]
+if BROKER_SCHEME == "filesystem":
+    for _sub in ("queue", "processed", "control"):
+        (BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+elif BROKER_SCHEME in {"redis", "rediss"}:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Ten real priority levels (kombu folds 0-9 into four by default);
+        # lower is more urgent on Redis, so TaskHub sends 9 - priority.
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+        # Seconds an unacked message may stay with a worker before Redis hands
+        # it to another. Retries longer than TASKHUB_MAX_ETA never sit in the
+        # broker (the reconciler sends them when due), and a redelivered
+        # message for a running execution is a no-op thanks to the claim.
+        "visibility_timeout": env_number("TASKHUB_VISIBILITY_TIMEOUT", 2 * 3600, minimum=60),
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Celery: results (TaskExecution is the record of runs; this keeps beat's own tasks)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "django-db")
+CELERY_RESULT_EXTENDED = True
+CELERY_RESULT_EXPIRES = 7 * 24 * 3600  # seconds
+
+# Celery: delivery and worker behaviour
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_ENABLE_UTC = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Keep database connections across tasks (the Django fixup closes them after
+# every task otherwise): a reconnect per execution costs more than the command.
+CELERY_DB_REUSE_MAX = 1000
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# TaskHub: output capture
+TASKHUB_OUTPUT_LIMIT = env_number("TASKHUB_OUTPUT_LIMIT", 1024 * 1024, minimum=1024, integer=True)  # bytes per stream
+# TaskHub: liveness and recovery (seconds)
+TASKHUB_LOST_AFTER = env_number("TASKHUB_LOST_AFTER", 60, minimum=3)
+TASKHUB_REQUEUE_AFTER = env_number("TASKHUB_REQUEUE_AFTER", 60, minimum=1)
+TASKHUB_HEARTBEAT = env_number("TASKHUB_HEARTBEAT", min(5.0, TASKHUB_LOST_AFTER / 3), minimum=0.2)
+TASKHUB_CANCEL_POLL = env_number("TASKHUB_CANCEL_POLL", 1.0, minimum=0.1)
+# Retries due further ahead than this (seconds) are held in the database and
+# sent by the reconciler when due, so no long ETA sits in the broker.
+TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)
+# How long a worker keeps trying to write a finished execution's outcome
+# while the database is unreachable (seconds).
+TASKHUB_FINAL_WRITE_RETRY = env_number("TASKHUB_FINAL_WRITE_RETRY", 300, minimum=0)
+# Extra seconds on top of timeout + kill_grace for Celery's backstop limits.
+TASKHUB_TIME_LIMIT_MARGIN = env_number("TASKHUB_TIME_LIMIT_MARGIN", 30, minimum=1)
+
+# Recovery checks, run by beat at least every half of their interval.
+TASKHUB_RECOVER_EVERY = min(TASKHUB_LOST_AFTER, TASKHUB_REQUEUE_AFTER) / 2  # seconds
+CELERY_BEAT_SCHEDULE = {
+    "taskhub-recover": {
+        "task": "executions.recover",
+        "schedule": TASKHUB_RECOVER_EVERY,
+        "options": {"expires": TASKHUB_RECOVER_EVERY},
+    },
+}
+if BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}:
+    CELERY_TASK_QUEUE_MAX_PRIORITY = 10
+    CELERY_TASK_DEFAULT_PRIORITY = 5

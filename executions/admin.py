@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from executions.models import InvalidTransition, Status, TaskExecution
+from executions.services import retry_execution
+from taskhub.admin import status_badge
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return "—"
+    total = value.total_seconds()
+    if total < 60:
+        return f"{total:.2f}s"
+    minutes, seconds = divmod(int(total), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
+@admin.register(TaskExecution)
+class TaskExecutionAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "task_link",
+        "status_display",
+        "attempt",
+        "trigger",
+        "scheduled_for",
+        "started_at",
+        "duration_display",
+        "exit_code",
+        "worker",
+    )
+    list_filter = ("status", "trigger", "task__queue")
+    list_select_related = ("task",)
+    search_fields = ("=run_id", "=celery_task_id", "task__name")
+    raw_id_fields = ("task", "triggered_by")
+    list_per_page = 50
+    # No COUNT(*) over the whole table on every page: history grows to millions.
+    show_full_result_count = False
+    actions = ("cancel", "retry")
+    fieldsets = (
+        (None, {"fields": ("task_link", "status_display", "attempt", "run_link", "trigger", "triggered_by", "error")}),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "created_at",
+                    "scheduled_for",
+                    "enqueued_at",
+                    "started_at",
+                    "finished_at",
+                    "duration_display",
+                    "heartbeat_at",
+                    "cancel_requested_at",
+                )
+            },
+        ),
+        ("Result", {"fields": ("exit_code", "signal", "output_truncated", "stdout_display", "stderr_display")}),
+        ("Where", {"fields": ("worker", "pid", "celery_task_id")}),
+        ("Resources", {"fields": ("max_rss_kb", "cpu_user", "cpu_system")}),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TaskExecution | None = None):
+        return [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TaskExecution | None = None) -> bool:
+        # Executions are records: the page is read-only, operators act through actions.
+        return False
+
+    @admin.display(description="Task", ordering="task__name")
+    def task_link(self, obj: TaskExecution):
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:taskhub_task_change", args=[obj.task_id]), obj.task.name
+        )
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, obj: TaskExecution):
+        label = obj.get_status_display()
+        if obj.status == Status.RUNNING and obj.cancel_requested_at:
+            label += " (cancelling)"
+        return status_badge(obj.status, label)
+
+    @admin.display(description="Run")
+    def run_link(self, obj: TaskExecution):
+        url = reverse("admin:executions_taskexecution_changelist") + f"?q={obj.run_id}"
+        return format_html('<a href="{}">{}</a> (all attempts)', url, obj.run_id)
+
+    @admin.display(description="Duration")
+    def duration_display(self, obj: TaskExecution) -> str:
+        return _seconds(obj.duration)
+
+    @admin.display(description="stdout")
+    def stdout_display(self, obj: TaskExecution):
+        return format_html(
+            '<pre style="max-height:40em;overflow:auto;white-space:pre-wrap">{}</pre>', obj.stdout or "(empty)"
+        )
+
+    @admin.display(description="stderr")
+    def stderr_display(self, obj: TaskExecution):
+        return format_html(
+            '<pre style="max-height:40em;overflow:auto;white-space:pre-wrap">{}</pre>', obj.stderr or "(empty)"
+        )
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("taskhub.run_task")
+
+    @admin.action(description="Cancel selected executions", permissions=["run"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[TaskExecution]) -> None:
+        done, refused = 0, []
+        for execution in queryset:
+            try:
+                execution.request_cancel()
+                done += 1
+            except InvalidTransition:
+                refused.append(f"#{execution.pk} ({execution.status})")
+        if done:
+            self.message_user(request, f"Cancellation requested for {done} execution(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, f"Already finished, not cancelled: {', '.join(refused)}.", messages.WARNING)
+
+    @admin.action(description="Retry selected executions (new attempt of the same run)", permissions=["run"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[TaskExecution]) -> None:
+        done, refused = 0, []
+        for execution in queryset.select_related("task"):
+            try:
+                retry_execution(execution, user=request.user)
+                done += 1
+            except ValueError as exc:
+                refused.append(f"#{execution.pk}: {exc}")
+        if done:
+            self.message_user(request, f"Started {done} new attempt(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not retried: " + "; ".join(refused), messages.WARNING)

@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils.timezone import now
+
+
+class InvalidTransition(Exception):
+    """Raised when an execution is asked to move to a status its state machine forbids."""
+
+    def __init__(self, execution: TaskExecution, new_status: str) -> None:
+        self.execution = execution
+        self.new_status = new_status
+        super().__init__(
+            f"Execution {execution.pk} is {execution.status}; it cannot become {new_status}. "
+            f"Allowed from {execution.status}: {', '.join(TRANSITIONS[execution.status]) or 'nothing (terminal)'}."
+        )
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    TIMEOUT = "timeout", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
+    LOST = "lost", "Lost"
+
+
+class Trigger(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    API = "api", "API"
+    SCHEDULE = "schedule", "Schedule"
+    RETRY = "retry", "Retry"
+    CLI = "cli", "Command line"
+
+
+# The only allowed transitions; everything else raises InvalidTransition.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    Status.PENDING: (Status.RUNNING, Status.CANCELLED),
+    Status.RUNNING: (Status.SUCCEEDED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.LOST),
+    Status.SUCCEEDED: (),
+    Status.FAILED: (),
+    Status.TIMEOUT: (),
+    Status.CANCELLED: (),
+    Status.LOST: (),
+}
+TERMINAL = frozenset(s for s, allowed in TRANSITIONS.items() if not allowed)
+RETRYABLE = frozenset({Status.FAILED, Status.TIMEOUT, Status.LOST})
+# A message may arrive this much before its row's due time (clock skew between
+# hosts, ETA rounding) and still run.
+CLAIM_CLOCK_TOLERANCE = timedelta(seconds=1)
+
+
+def sources_of(new_status: str) -> list[str]:
+    return [old for old, allowed in TRANSITIONS.items() if new_status in allowed]
+
+
+class TaskExecutionQuerySet(models.QuerySet):
+    def active(self) -> TaskExecutionQuerySet:
+        return self.filter(status__in=[Status.PENDING, Status.RUNNING])
+
+    def older_than(self, days: float) -> TaskExecutionQuerySet:
+        return self.filter(created_at__lt=now() - timedelta(days=days)).exclude(
+            status__in=[Status.PENDING, Status.RUNNING]
+        )
+
+
+class TaskExecution(models.Model):
+    Status = Status
+    Trigger = Trigger
+
+    task = models.ForeignKey("taskhub.Task", on_delete=models.CASCADE, related_name="executions")
+    run_id = models.UUIDField(default=uuid.uuid4, editable=False, help_text="Shared by all attempts of one launch.")
+    attempt = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    scheduled_for = models.DateTimeField(default=now, help_text="When the attempt is due.")
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When a message for it was last sent.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True, help_text="Empty when a signal ended the command.")
+    signal = models.IntegerField(null=True, blank=True, help_text="The signal number that ended the command.")
+    stdout = models.TextField(blank=True, default="")
+    stderr = models.TextField(blank=True, default="")
+    output_truncated = models.BooleanField(default=False)
+    error = models.TextField(blank=True, default="", help_text="Why the attempt failed, in words.")
+    worker = models.CharField(max_length=255, blank=True, default="")
+    pid = models.IntegerField(null=True, blank=True)
+    celery_task_id = models.CharField(max_length=255, blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    max_rss_kb = models.BigIntegerField(null=True, blank=True)
+    cpu_user = models.FloatField(null=True, blank=True)
+    cpu_system = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now, db_index=False)
+
+    objects = TaskExecutionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run_id", "attempt"], name="execution_run_attempt_unique"),
+        ]
+        indexes = [
+            # Reconciler: due pending rows; reaper: running rows by heartbeat.
+            models.Index(fields=["status", "scheduled_for"], name="execution_status_due_idx"),
+            # Task page and per-task filter of the execution list, newest first.
+            models.Index(fields=["task", "-id"], name="execution_task_recent_idx"),
+            # Status filter of the execution list, newest first.
+            models.Index(fields=["status", "-id"], name="execution_status_recent_idx"),
+            # All attempts of one launch.
+            models.Index(fields=["run_id"], name="execution_run_idx"),
+            # Retention (purge_executions) and date filters.
+            models.Index(fields=["created_at"], name="execution_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id}#{self.pk} attempt {self.attempt} ({self.status})"
+
+    # -- derived ----------------------------------------------------------
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or now()) - self.started_at
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.status in RETRYABLE
+
+    # -- transitions --------------------------------------------------------
+
+    def transition(self, new_status: str, **fields: object) -> bool:
+        """Move to ``new_status`` and save ``fields`` with it, atomically.
+
+        Raise InvalidTransition when the state machine forbids the move from the
+        status this instance holds. Return False when the row's status changed
+        underneath (another process got there first); nothing is written then.
+        """
+        if new_status not in TRANSITIONS[self.status]:
+            raise InvalidTransition(self, new_status)
+        updated = TaskExecution.objects.filter(pk=self.pk, status=self.status).update(status=new_status, **fields)
+        if not updated:
+            # Someone else moved the row first (claim, cancel, reaper): theirs stands.
+            return False
+        self.status = new_status
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return True
+
+    @classmethod
+    def claim(cls, pk: int, *, worker: str, celery_task_id: str, due_by: datetime | None = None) -> bool:
+        """Move a pending, due row to running; return False if it was not.
+
+        A duplicate or late message finds the row no longer pending and the
+        conditional update touches nothing, so the command runs once.
+        """
+        at = now()
+        due_by = (due_by or at) + CLAIM_CLOCK_TOLERANCE
+        return bool(
+            cls.objects.filter(pk=pk, status=Status.PENDING, scheduled_for__lte=due_by).update(
+                status=Status.RUNNING,
+                started_at=at,
+                heartbeat_at=at,
+                worker=worker,
+                celery_task_id=celery_task_id,
+            )
+        )
+
+    def finish(self, status: str, **fields: object) -> bool:
+        fields.setdefault("finished_at", now())
+        return self.transition(status, **fields)
+
+    def request_cancel(self) -> bool:
+        """Cancel a pending row at once, or ask the runner to stop a running one.
+
+        Return True when the request took; raise InvalidTransition for a
+        finished row.
+        """
+        at = now()
+        if self.status == Status.PENDING:
+            if self.transition(
+                Status.CANCELLED, finished_at=at, cancel_requested_at=at, error="Cancelled before it started."
+            ):
+                return True
+            self.refresh_from_db(fields=["status", "cancel_requested_at"])
+        if self.status == Status.RUNNING:
+            updated = TaskExecution.objects.filter(
+                pk=self.pk, status=Status.RUNNING, cancel_requested_at__isnull=True
+            ).update(cancel_requested_at=at)
+            if updated:
+                self.cancel_requested_at = at
+            return True
+        raise InvalidTransition(self, Status.CANCELLED)
+
+    def mark_lost(self, error: str) -> bool:
+        return self.finish(Status.LOST, error=error)
+
+    def next_attempt(self, *, delay: float, enqueued: bool) -> TaskExecution:
+        """Create the pending row for the next attempt of this run.
+
+        ``enqueued`` says whether the caller sends its message now; a row
+        without one is sent by the reconciler when due.
+        """
+        at = now()
+        return TaskExecution.objects.create(
+            task_id=self.task_id,
+            run_id=self.run_id,
+            attempt=self.attempt + 1,
+            status=Status.PENDING,
+            trigger=Trigger.RETRY,
+            triggered_by_id=self.triggered_by_id,
+            scheduled_for=at + timedelta(seconds=delay),
+            enqueued_at=at if enqueued else None,
+            created_at=at,
+        )

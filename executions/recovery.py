@@ -1,0 +1,145 @@
+"""Recovery: make every execution reach a terminal state exactly once.
+
+- ``reap_lost``: running rows whose heartbeat stopped become ``lost`` and are
+  retried by policy.
+- ``reconcile_pending``: due pending rows that nobody claimed get their message
+  sent again (the broker may have lost it), without growing a backlog.
+- ``recover_host``: when a worker starts, rows still ``running`` under its name
+  belong to a previous life of it: their process groups are stopped (only
+  when the process really is that execution's) and the rows are marked lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils.timezone import now
+
+from executions.models import Status, TaskExecution
+from executions.services import finish_and_plan_retry, send
+
+logger = logging.getLogger("executions")
+
+BATCH = 500
+
+
+def _retry_if_planned(outcome) -> None:
+    nxt = outcome.next_execution
+    if nxt is not None and nxt.enqueued_at is not None:
+        nxt.task = outcome.execution.task
+        send(nxt)
+
+
+def reap_lost(*, lost_after: float | None = None) -> int:
+    """Mark running executions without a recent heartbeat as lost; return how many."""
+    lost_after = settings.TASKHUB_LOST_AFTER if lost_after is None else lost_after
+    at = now()
+    cutoff = at - timedelta(seconds=lost_after)
+    stale = list(
+        TaskExecution.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff)
+        .select_related("task")
+        .order_by("heartbeat_at")[:BATCH]
+    )
+    count = 0
+    for execution in stale:
+        silent = (at - execution.heartbeat_at).total_seconds()
+        error = (
+            f"Lost: worker {execution.worker or '(unknown)'} stopped answering; "
+            f"no heartbeat for {silent:.0f}s (limit {lost_after:.0f}s)."
+        )
+        outcome = finish_and_plan_retry(execution, Status.LOST, {"error": error}, retryable=True)
+        if execution.status == Status.LOST:
+            count += 1
+            logger.warning("Execution %s marked lost: %s", execution.pk, error)
+            _retry_if_planned(outcome)
+    return count
+
+
+def _queue_sizes(queues: set[str]) -> dict[str, int | None]:
+    """Messages waiting in each queue, or None when the broker cannot say."""
+    from celery import current_app
+
+    sizes: dict[str, int | None] = {}
+    try:
+        with current_app.connection_for_read() as conn:
+            channel = conn.default_channel
+            for name in queues:
+                try:
+                    sizes[name] = channel.queue_declare(queue=name, passive=True).message_count
+                except Exception:
+                    # A queue that does not exist holds nothing (Redis deletes empty lists).
+                    sizes[name] = 0
+    except Exception:
+        logger.warning("Could not read queue sizes from the broker.", exc_info=True)
+        return {name: None for name in queues}
+    return sizes
+
+
+def reconcile_pending(*, requeue_after: float | None = None) -> int:
+    """Send again the due pending executions nobody claimed; return how many were sent.
+
+    Rows never sent (long retry delays held in the database) go as soon as
+    they are due. Rows whose message was sent but not claimed within
+    ``requeue_after`` go again only when their queue has drained: a queue with
+    messages waiting is a backlog, not a lost message, and re-sending there
+    would only grow it.
+    """
+    requeue_after = settings.TASKHUB_REQUEUE_AFTER if requeue_after is None else requeue_after
+    at = now()
+    cutoff = at - timedelta(seconds=requeue_after)
+    candidates = list(
+        TaskExecution.objects.filter(status=Status.PENDING)
+        .filter(
+            Q(enqueued_at__isnull=True, scheduled_for__lte=at) | Q(scheduled_for__lte=cutoff, enqueued_at__lte=cutoff)
+        )
+        .select_related("task")
+        .order_by("scheduled_for")[:BATCH]
+    )
+    if not candidates:
+        return 0
+    resent_queues = {c.task.queue for c in candidates if c.enqueued_at is not None}
+    sizes = _queue_sizes(resent_queues) if resent_queues else {}
+    sent = 0
+    for execution in candidates:
+        if execution.enqueued_at is not None and sizes.get(execution.task.queue) != 0:
+            continue
+        # Take the row for this round (another reconciler may run at the same time).
+        taken = TaskExecution.objects.filter(
+            pk=execution.pk, status=Status.PENDING, enqueued_at=execution.enqueued_at
+        ).update(enqueued_at=at)
+        if taken and send(execution, at=at):
+            sent += 1
+            logger.info("Execution %s was due and unclaimed; its message was sent again.", execution.pk)
+    return sent
+
+
+def _process_is_execution(pid: int, execution_id: int) -> bool:
+    """Return True if ``pid`` is alive and was started by TaskHub for ``execution_id``."""
+    marker = f"TASKHUB_EXECUTION_ID={execution_id}".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return marker in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def recover_host(worker: str) -> int:
+    """Stop and mark lost what a previous life of ``worker`` left running; return how many."""
+    leftovers = list(TaskExecution.objects.filter(status=Status.RUNNING, worker=worker).select_related("task"))
+    for execution in leftovers:
+        if execution.pid and _process_is_execution(execution.pid, execution.pk):
+            try:
+                os.killpg(execution.pid, signal.SIGKILL)
+                logger.warning("Killed process group %s left by execution %s.", execution.pid, execution.pk)
+            except OSError:
+                pass
+        error = f"Lost: worker {worker} restarted while the command was running."
+        outcome = finish_and_plan_retry(execution, Status.LOST, {"error": error}, retryable=True)
+        if execution.status == Status.LOST:
+            _retry_if_planned(outcome)
+    return len(leftovers)

@@ -1,0 +1,428 @@
+"""Run one command under a deadline, in its own process group, with bounded output.
+
+This module knows processes and nothing of Django or Celery: callers pass a
+``CommandSpec`` and optional hooks and get a ``RunResult`` back.
+
+Guarantees:
+- the command runs in a new session (its own process group); stdin is closed;
+- at the deadline, or when ``cancel_requested()`` says so, SIGTERM goes to the
+  whole group, then SIGKILL after ``kill_grace`` seconds;
+- when the command's leader exits, whatever it left behind in its group is
+  stopped too, and the leader is reaped only after that, so its process group
+  id cannot be reused while TaskHub still signals it;
+- if the calling process dies, a small watcher process (in its own session)
+  kills every group still registered, grandchildren included;
+- stdout and stderr are kept separately, each bounded: the first and the last
+  part are kept with a marker naming how much was cut between them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+# Environment variables a command inherits from the worker; everything else
+# comes from the task's own ``env`` and TaskHub's TASKHUB_* variables.
+BASE_ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+READ_CHUNK = 64 * 1024
+# After the group is killed, how long to wait for its pipes to close.
+DRAIN_AFTER_KILL = 1.0
+
+
+class OutputBuffer:
+    """Keep the first and the last bytes of a stream within ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 2)
+        self.head_limit = self.limit // 2
+        self.tail_limit = self.limit - self.head_limit
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            # Trim only when twice the limit: amortised O(1) per byte.
+            if len(self.tail) > 2 * self.tail_limit:
+                del self.tail[: len(self.tail) - self.tail_limit]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        if not self.truncated:
+            return (bytes(self.head) + bytes(self.tail)).decode("utf-8", errors="replace")
+        tail = bytes(self.tail[-self.tail_limit :])
+        cut = self.total - len(self.head) - len(tail)
+        marker = f"\n\n[… TaskHub cut {cut} bytes of output here; {self.total} bytes in all …]\n\n"
+        return self.head.decode("utf-8", errors="replace") + marker + tail.decode("utf-8", errors="replace")
+
+
+@dataclass
+class CommandSpec:
+    argv: list[str]
+    timeout: float
+    kill_grace: float = 10
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    output_limit: int = 1024 * 1024
+    heartbeat_interval: float = 5.0
+    cancel_poll_interval: float = 1.0
+
+
+@dataclass
+class RunResult:
+    outcome: str  # "succeeded", "failed", "timeout", "cancelled" or "not_started"
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    error: str = ""
+    pid: int | None = None
+    max_rss_kb: int | None = None
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    duration: float = 0.0
+    # Monotonic times, for measurements.
+    started: float = 0.0
+    stop_signalled: float | None = None
+    group_gone: float | None = None
+
+
+@dataclass
+class Hooks:
+    """Callbacks from the run loop; each may be None."""
+
+    on_start: Callable[[int], None] | None = None
+    on_heartbeat: Callable[[OutputBuffer, OutputBuffer], None] | None = None
+    cancel_requested: Callable[[], bool] | None = None
+
+
+def build_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {name: os.environ[name] for name in BASE_ENV_NAMES if name in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(extra)
+    return env
+
+
+# -- the watcher: kills registered groups when this process dies -----------------
+
+_WATCHER_SOURCE = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+groups = set()
+stdin = sys.stdin.buffer
+while True:
+    line = stdin.readline()
+    if not line:
+        break
+    sign, number = line[:1], int(line[1:])
+    if sign == b"+":
+        groups.add(number)
+    else:
+        groups.discard(number)
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class GroupWatcher:
+    """A process that outlives this one and kills the groups it was told about.
+
+    The parent-death signal would reach only the command's leader; its
+    children and grandchildren would run on. The watcher sits in its own
+    session reading a pipe from this process: when this process dies, for any
+    reason, the pipe closes and the watcher SIGKILLs every group still
+    registered.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid: int | None = None
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        # A forked child (a new pool process) must start its own watcher.
+        if self._proc is None or self._owner_pid != os.getpid() or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHER_SOURCE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            self._owner_pid = os.getpid()
+        return self._proc
+
+    def _send(self, line: bytes) -> None:
+        with self._lock:
+            for _ in range(2):
+                proc = self._ensure()
+                try:
+                    assert proc.stdin is not None
+                    proc.stdin.write(line)
+                    proc.stdin.flush()
+                    return
+                except BrokenPipeError:
+                    self._proc = None
+
+    def register(self, pgid: int) -> None:
+        self._send(b"+%d\n" % pgid)
+
+    def unregister(self, pgid: int) -> None:
+        self._send(b"-%d\n" % pgid)
+
+    def pid(self) -> int:
+        with self._lock:
+            return self._ensure().pid
+
+
+watcher = GroupWatcher()
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        # Only possible if the pgid was reused by another user's process,
+        # which cannot happen while the leader is unreaped; ignore defensively.
+        pass
+
+
+def _start_error(spec: CommandSpec, exc: OSError) -> str:
+    program = spec.argv[0] if spec.argv else ""
+    if spec.cwd and getattr(exc, "filename", None) == spec.cwd:
+        return f"Cannot start: working directory {spec.cwd!r}: {exc.strerror}."
+    if isinstance(exc, FileNotFoundError):
+        return f"Cannot start: command not found: {program!r} (searched PATH={spec.env.get('PATH', '')!r})."
+    if isinstance(exc, PermissionError):
+        return f"Cannot start: permission denied executing {program!r} (is it executable?)."
+    if exc.errno == errno.ENOEXEC:
+        return f"Cannot start: {program!r} is not an executable format (missing #! line?)."
+    return f"Cannot start {program!r}: {exc.strerror or exc}."
+
+
+def _check_cwd(cwd: str) -> str:
+    if not os.path.exists(cwd):
+        return f"Cannot start: working directory {cwd!r} does not exist."
+    if not os.path.isdir(cwd):
+        return f"Cannot start: working directory {cwd!r} is not a directory."
+    if not os.access(cwd, os.X_OK):
+        return f"Cannot start: working directory {cwd!r} is not accessible (permission denied)."
+    return ""
+
+
+def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
+    """Run ``spec`` to the end and return what happened. Never raises for the command's faults."""
+    hooks = hooks or Hooks()
+    if not spec.argv:
+        return RunResult(outcome="not_started", error="Cannot start: the command is empty.")
+    cwd = spec.cwd or tempfile.gettempdir()
+    problem = _check_cwd(cwd)
+    if problem:
+        return RunResult(outcome="not_started", error=problem)
+
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=dict(spec.env),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return RunResult(outcome="not_started", error=_start_error(spec, exc))
+    except (ValueError, TypeError) as exc:  # e.g. a NUL byte in argv or env
+        return RunResult(outcome="not_started", error=f"Cannot start: {exc}.")
+
+    pid = pgid = proc.pid
+    watcher.register(pgid)
+    result = RunResult(outcome="failed", pid=pid, started=started)
+    out = OutputBuffer(spec.output_limit)
+    err = OutputBuffer(spec.output_limit)
+    reaped = False
+    try:
+        if hooks.on_start:
+            hooks.on_start(pid)
+        status = _supervise(proc, spec, hooks, out, err, result)
+        # The group is gone (or was killed): now reap the leader, freeing its pid.
+        _, wait_status, rusage = os.wait4(pid, 0)
+        reaped = True
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        result.max_rss_kb = rusage.ru_maxrss
+        result.cpu_user = rusage.ru_utime
+        result.cpu_system = rusage.ru_stime
+        if os.WIFSIGNALED(wait_status):
+            result.signal = os.WTERMSIG(wait_status)
+        else:
+            result.exit_code = os.WEXITSTATUS(wait_status)
+        if status is not None:
+            result.outcome = status
+        elif result.exit_code == 0:
+            result.outcome = "succeeded"
+        else:
+            result.outcome = "failed"
+            if result.signal is not None:
+                result.error = f"The command was killed by signal {result.signal} ({_signame(result.signal)})."
+            else:
+                result.error = f"The command exited with code {result.exit_code}."
+    finally:
+        if not reaped:
+            # The supervisor was interrupted (e.g. Celery's backstop time
+            # limit): never leave the group behind.
+            _killpg(pgid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        watcher.unregister(pgid)
+    result.stdout = out.text()
+    result.stderr = err.text()
+    result.output_truncated = out.truncated or err.truncated
+    result.duration = time.monotonic() - started
+    return result
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    spec: CommandSpec,
+    hooks: Hooks,
+    out: OutputBuffer,
+    err: OutputBuffer,
+    result: RunResult,
+) -> str | None:
+    """Pump output and enforce deadline and cancellation until the group is done.
+
+    Return "timeout" or "cancelled" when TaskHub stopped the command, else None.
+    The leader is left unreaped (a zombie) so its pgid stays reserved.
+    """
+    pgid = proc.pid
+    sel = selectors.DefaultSelector()
+    buffers = {}
+    for stream, buf in ((proc.stdout, out), (proc.stderr, err)):
+        assert stream is not None
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream.fileno(), selectors.EVENT_READ)
+        buffers[stream.fileno()] = buf
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ)
+    open_pipes = 2
+    leader_done = False
+
+    start = result.started
+    deadline = start + spec.timeout
+    next_heartbeat = start + spec.heartbeat_interval
+    next_cancel_check = start + spec.cancel_poll_interval
+    stop_reason: str | None = None
+    kill_at: float | None = None
+    killed = False
+    give_up_at: float | None = None  # after SIGKILL, stop waiting for pipes
+
+    def terminate(now: float) -> None:
+        nonlocal kill_at
+        result.stop_signalled = now
+        _killpg(pgid, signal.SIGTERM)
+        kill_at = now + spec.kill_grace
+
+    try:
+        while True:
+            now = time.monotonic()
+            if stop_reason is None and now >= deadline:
+                stop_reason = "timeout"
+                terminate(now)
+            if stop_reason is None and hooks.cancel_requested and now >= next_cancel_check:
+                next_cancel_check = now + spec.cancel_poll_interval
+                if hooks.cancel_requested():
+                    stop_reason = "cancelled"
+                    terminate(now)
+            if not killed and kill_at is not None and now >= kill_at:
+                _killpg(pgid, signal.SIGKILL)
+                killed = True
+                give_up_at = now + DRAIN_AFTER_KILL
+            if hooks.on_heartbeat and now >= next_heartbeat:
+                hooks.on_heartbeat(out, err)
+                next_heartbeat = time.monotonic() + spec.heartbeat_interval
+
+            if leader_done:
+                if open_pipes == 0:
+                    # Stragglers that let go of the output: stop them now.
+                    if not killed:
+                        _killpg(pgid, signal.SIGKILL)
+                    break
+                if kill_at is None:
+                    # The command exited but left processes holding its output open.
+                    terminate(now)
+                    result.stop_signalled = None
+            if give_up_at is not None and now >= give_up_at:
+                break
+
+            wakeups = [next_heartbeat if hooks.on_heartbeat else None]
+            if stop_reason is None:
+                wakeups.append(deadline)
+                if hooks.cancel_requested:
+                    wakeups.append(next_cancel_check)
+            if not killed:
+                wakeups.append(kill_at)
+            wakeups.append(give_up_at)
+            wait = min(w for w in wakeups if w is not None) - now if any(w is not None for w in wakeups) else None
+            for key, _ in sel.select(max(wait, 0) if wait is not None else None):
+                fd = key.fd
+                if fd == pidfd:
+                    sel.unregister(pidfd)
+                    leader_done = True
+                    continue
+                try:
+                    chunk = os.read(fd, READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    buffers[fd].write(chunk)
+                else:
+                    sel.unregister(fd)
+                    open_pipes -= 1
+    finally:
+        sel.close()
+        os.close(pidfd)
+    if killed or stop_reason is not None:
+        result.group_gone = time.monotonic()
+    return stop_reason

@@ -1,0 +1,302 @@
+"""Work on executions that spans models, the runner and the broker."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Max
+from django.utils.timezone import now
+
+from executions.models import RETRYABLE, Status, TaskExecution, Trigger
+from executions.runner import CommandSpec, Hooks, OutputBuffer, RunResult, build_env, run_command
+
+logger = logging.getLogger("executions")
+
+T = TypeVar("T")
+
+OUTCOME_STATUS = {
+    "succeeded": Status.SUCCEEDED,
+    "failed": Status.FAILED,
+    "timeout": Status.TIMEOUT,
+    "cancelled": Status.CANCELLED,
+    "not_started": Status.FAILED,
+}
+
+
+def broker_priority(priority: int) -> int | None:
+    """Map TaskHub's 0-9 (9 most urgent) to the broker's own convention."""
+    scheme = settings.BROKER_SCHEME
+    if scheme in {"redis", "rediss"}:
+        return 9 - priority  # kombu's Redis transport serves lower numbers first
+    if scheme in {"amqp", "amqps", "pyamqp"}:
+        return priority  # RabbitMQ serves higher numbers first
+    return None  # the filesystem transport has no priorities
+
+
+def send(execution: TaskExecution, *, at: datetime | None = None) -> bool:
+    """Publish the run message for a pending execution; return True if sent.
+
+    A row due further ahead than TASKHUB_MAX_ETA is not published: it waits
+    in the database and the reconciler sends it when due, so no long ETA sits
+    in the broker (Redis would redeliver it after its visibility timeout).
+    Broker errors are logged, not raised: the row is in the database, and the
+    reconciler sends it again after TASKHUB_REQUEUE_AFTER.
+    """
+    from executions.tasks import run_execution
+
+    task = execution.task
+    delay = (execution.scheduled_for - (at or now())).total_seconds()
+    if delay > settings.TASKHUB_MAX_ETA:
+        return False
+    soft, hard = task.time_limits(settings.TASKHUB_TIME_LIMIT_MARGIN)
+    try:
+        run_execution.apply_async(
+            args=[execution.pk],
+            queue=task.queue,
+            priority=broker_priority(task.priority),
+            countdown=delay if delay > 0 else None,
+            soft_time_limit=soft,
+            time_limit=hard,
+            task_id=execution.celery_task_id or None,
+        )
+    except Exception:
+        logger.exception("Could not send execution %s to the broker; the reconciler will send it again.", execution.pk)
+        return False
+    return True
+
+
+def send_on_commit(execution: TaskExecution) -> None:
+    transaction.on_commit(lambda: send(execution))
+
+
+# -- running one execution ------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    execution: TaskExecution
+    next_execution: TaskExecution | None = None
+    retry_delay: float = 0.0
+
+
+def _ensure_usable_connection() -> None:
+    # After a failed query the connection may be dead (database restart):
+    # drop it so the next query reconnects.
+    if connection.connection is not None and connection.errors_occurred:
+        connection.close_if_unusable_or_obsolete()
+
+
+def with_db_retry(what: str, fn: Callable[[], T], *, deadline: float) -> T:
+    """Call ``fn`` until it gets through to the database or ``deadline`` (monotonic) passes."""
+    pause = 0.5
+    while True:
+        try:
+            return fn()
+        except DatabaseError as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("Database unavailable while %s (%s); trying again in %.1fs.", what, exc, pause)
+            try:
+                connection.close()
+            except DatabaseError:
+                pass
+            time.sleep(pause)
+            pause = min(pause * 2, 10)
+
+
+class _ExecutionHooks(Hooks):
+    """Runner callbacks that keep the execution row up to date."""
+
+    def __init__(self, execution: TaskExecution) -> None:
+        super().__init__(
+            on_start=self.on_start_cb,
+            on_heartbeat=self.on_heartbeat_cb,
+            cancel_requested=self.cancel_requested_cb,
+        )
+        self.execution = execution
+        self.pid: int | None = None
+        self.saved_bytes = (-1, -1)
+
+    def on_start_cb(self, pid: int) -> None:
+        self.pid = pid
+
+    def on_heartbeat_cb(self, out: OutputBuffer, err: OutputBuffer) -> None:
+        fields: dict[str, object] = {"heartbeat_at": now(), "pid": self.pid}
+        if (out.total, err.total) != self.saved_bytes:
+            fields.update(stdout=out.text(), stderr=err.text(), output_truncated=out.truncated or err.truncated)
+        try:
+            TaskExecution.objects.filter(pk=self.execution.pk, status=Status.RUNNING).update(**fields)
+            self.saved_bytes = (out.total, err.total)
+        except DatabaseError as exc:
+            # The command goes on; the next tick tries again.
+            logger.warning("Heartbeat of execution %s not saved: %s", self.execution.pk, exc)
+            _ensure_usable_connection()
+
+    def cancel_requested_cb(self) -> bool:
+        try:
+            row = (
+                TaskExecution.objects.filter(pk=self.execution.pk).values_list("status", "cancel_requested_at").first()
+            )
+        except DatabaseError as exc:
+            logger.warning("Cancel check of execution %s failed: %s", self.execution.pk, exc)
+            _ensure_usable_connection()
+            return False
+        if row is None:
+            return True  # the row was deleted: nobody wants this run any more
+        status, cancel_requested_at = row
+        # A row that is no longer running was taken over (e.g. marked lost by
+        # the reaper after a long outage): stop, so the command does not run twice.
+        return cancel_requested_at is not None or status != Status.RUNNING
+
+
+def command_env(execution: TaskExecution) -> dict[str, str]:
+    task = execution.task
+    extra = dict(task.env)
+    extra.update(
+        TASKHUB_TASK=task.name,
+        TASKHUB_EXECUTION_ID=str(execution.pk),
+        TASKHUB_RUN_ID=str(execution.run_id),
+        TASKHUB_ATTEMPT=str(execution.attempt),
+    )
+    return build_env(extra)
+
+
+def spec_for(execution: TaskExecution) -> CommandSpec:
+    task = execution.task
+    return CommandSpec(
+        argv=task.argv(),
+        timeout=task.timeout,
+        kill_grace=task.kill_grace,
+        env=command_env(execution),
+        cwd=task.working_dir,
+        output_limit=settings.TASKHUB_OUTPUT_LIMIT,
+        heartbeat_interval=settings.TASKHUB_HEARTBEAT,
+        cancel_poll_interval=settings.TASKHUB_CANCEL_POLL,
+    )
+
+
+def _result_fields(result: RunResult) -> dict[str, object]:
+    error = result.error
+    if result.outcome == "timeout":
+        error = "Timed out: the command was stopped after its timeout."
+    elif result.outcome == "cancelled":
+        error = "Cancelled while running: the command was stopped."
+    return {
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "output_truncated": result.output_truncated,
+        "error": error,
+        "pid": result.pid,
+        "max_rss_kb": result.max_rss_kb,
+        "cpu_user": result.cpu_user,
+        "cpu_system": result.cpu_system,
+    }
+
+
+def finish_and_plan_retry(
+    execution: TaskExecution, status: str, fields: dict[str, object], *, retryable: bool
+) -> Outcome:
+    """Record the outcome and, in the same transaction, the next attempt's row."""
+    outcome = Outcome(execution=execution)
+    with transaction.atomic():
+        if not execution.finish(status, **fields):
+            # The row left `running` meanwhile (the reaper marked it lost): its
+            # retry, if any, was planned there.
+            logger.warning(
+                "Execution %s was no longer running when it finished; outcome %s not recorded.", execution.pk, status
+            )
+            return outcome
+        task = execution.task
+        if retryable and status in RETRYABLE and execution.attempt < task.attempts:
+            delay = task.retry_delay_for(execution.attempt)
+            outcome.next_execution = execution.next_attempt(delay=delay, enqueued=delay <= settings.TASKHUB_MAX_ETA)
+            outcome.retry_delay = delay
+    return outcome
+
+
+def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome | None:
+    """Claim, run and record one execution. Return None when the message was not ours to run."""
+    at = now()
+    claimed = TaskExecution.claim(execution_id, worker=worker, celery_task_id=celery_task_id, due_by=at)
+    if not claimed:
+        _explain_unclaimed(execution_id, at)
+        return None
+    execution = TaskExecution.objects.select_related("task").get(pk=execution_id)
+    try:
+        result = run_command(spec_for(execution), _ExecutionHooks(execution))
+    except BaseException as exc:
+        # The runner was interrupted (Celery's backstop limit, worker shutdown);
+        # it has stopped the command's group. Record why before passing it on.
+        fields = {"error": f"TaskHub stopped supervising the command: {type(exc).__name__}: {exc}".rstrip(": ")}
+        try:
+            finish_and_plan_retry(execution, Status.FAILED, fields, retryable=True)
+        except DatabaseError:
+            logger.exception("Could not record the interruption of execution %s.", execution_id)
+        raise
+    status = OUTCOME_STATUS[result.outcome]
+    fields = _result_fields(result)
+    deadline = time.monotonic() + settings.TASKHUB_FINAL_WRITE_RETRY
+    return with_db_retry(
+        f"recording the outcome of execution {execution_id}",
+        lambda: finish_and_plan_retry(execution, status, fields, retryable=result.outcome != "not_started"),
+        deadline=deadline,
+    )
+
+
+def _explain_unclaimed(execution_id: int, at: datetime) -> None:
+    row = TaskExecution.objects.filter(pk=execution_id).select_related("task").first()
+    if row is None:
+        logger.warning("Execution %s does not exist (deleted?); message ignored.", execution_id)
+    elif row.status == Status.PENDING:
+        # Delivered before it is due (a message sent early by hand or a clock skew):
+        # send it again for its due time.
+        logger.info("Execution %s is not due until %s; sending it again for then.", execution_id, row.scheduled_for)
+        sent = send(row, at=at)
+        TaskExecution.objects.filter(pk=row.pk, status=Status.PENDING).update(enqueued_at=at if sent else None)
+    else:
+        logger.info(
+            "Execution %s is already %s; duplicate or late message ignored, the command is not run again.",
+            execution_id,
+            row.status,
+        )
+
+
+def retry_execution(execution: TaskExecution, *, user=None) -> TaskExecution:
+    """Start a new attempt of a finished execution's run, by hand.
+
+    Raise ValueError (with the reason) when the execution is not finished or
+    its task is disabled.
+    """
+    task = execution.task
+    if not execution.is_terminal:
+        raise ValueError(f"it is still {execution.status}")
+    if not task.enabled:
+        raise ValueError(f"task “{task.name}” is disabled")
+    at = now()
+    with transaction.atomic():
+        last = TaskExecution.objects.filter(run_id=execution.run_id).aggregate(n=Max("attempt"))["n"] or 0
+        new = TaskExecution.objects.create(
+            task=task,
+            run_id=execution.run_id,
+            attempt=last + 1,
+            status=Status.PENDING,
+            trigger=Trigger.MANUAL,
+            triggered_by=user if user is not None and user.is_authenticated else None,
+            scheduled_for=at,
+            enqueued_at=at,
+            celery_task_id=str(uuid.uuid4()),
+            created_at=at,
+        )
+        new.task = task
+        send_on_commit(new)
+    return new

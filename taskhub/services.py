@@ -1,0 +1,50 @@
+"""Launching: the one path by which every entry point starts a task."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils.timezone import now
+
+from executions import services as execution_services
+from executions.models import TaskExecution, Trigger
+from taskhub.models import Task, TaskDisabled
+
+
+def launch(
+    task: Task,
+    *,
+    trigger: str = Trigger.MANUAL,
+    user: AbstractBaseUser | None = None,
+    scheduled_for: datetime | None = None,
+) -> TaskExecution:
+    """Create the first attempt of a new run and send it once the transaction commits.
+
+    Raise TaskDisabled for a disabled task.
+    """
+    if not task.enabled:
+        raise TaskDisabled(f"Task “{task.name}” is disabled; enable it before running it.")
+    at = now()
+    due = scheduled_for or at
+    will_send = (due - at).total_seconds() <= settings.TASKHUB_MAX_ETA
+    with transaction.atomic():
+        execution = TaskExecution.objects.create(
+            task=task,
+            run_id=uuid.uuid4(),
+            attempt=1,
+            status=TaskExecution.Status.PENDING,
+            trigger=trigger,
+            triggered_by=user if user is not None and user.is_authenticated else None,
+            scheduled_for=due,
+            enqueued_at=at if will_send else None,
+            celery_task_id=str(uuid.uuid4()),
+            created_at=at,
+        )
+        execution.task = task
+        if will_send:
+            execution_services.send_on_commit(execution)
+    return execution
