@@ -145,13 +145,11 @@ class Task(models.Model):
         """Return the delay in seconds before retry ``n`` (1 = the first retry)."""
         if n < 1:
             raise ValueError("retry numbers start at 1")
-        # Exponent overflow guard: any realistic backoff passes the cap long before.
-        exponent = min(n - 1, 1000)
+        cap = float(self.retry_delay_max)
         try:
-            delay = self.retry_delay * self.retry_backoff**exponent
-        except OverflowError:
-            delay = float(self.retry_delay_max)
-        delay = min(float(delay), float(self.retry_delay_max))
+            delay = min(float(self.retry_delay) * float(self.retry_backoff) ** (n - 1), cap)
+        except OverflowError:  # a huge retry number: long past the cap
+            delay = cap
         if self.retry_jitter:
             delay = (rng or random).uniform(0, delay)
         return delay
