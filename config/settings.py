@@ -180,7 +180,7 @@ SPECTACULAR_SETTINGS = {"TITLE": "TaskHub API", "VERSION": "1.0.0"}
 
 # Celery: broker (embedded filesystem transport unless CELERY_BROKER_URL is set)
 BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost//")
 BROKER_SCHEME = urlsplit(CELERY_BROKER_URL).scheme.split("+")[0]
 if BROKER_SCHEME == "filesystem":
     for _sub in ("queue", "processed", "control"):
