@@ -67,12 +67,18 @@ class OutputBuffer:
         return self.total > self.limit
 
     def text(self) -> str:
+        """Return the kept output as text: UTF-8 with replacement, NUL shown as U+FFFD."""
         if not self.truncated:
-            return (bytes(self.head) + bytes(self.tail)).decode("utf-8", errors="replace")
+            return _decode(bytes(self.head) + bytes(self.tail))
         tail = bytes(self.tail[-self.tail_limit :])
         cut = self.total - len(self.head) - len(tail)
         marker = f"\n\n[… TaskHub cut {cut} bytes of output here; {self.total} bytes in all …]\n\n"
-        return self.head.decode("utf-8", errors="replace") + marker + tail.decode("utf-8", errors="replace")
+        return _decode(bytes(self.head)) + marker + _decode(tail)
+
+
+def _decode(data: bytes) -> str:
+    # Databases refuse NUL in text columns (PostgreSQL does): replace it too.
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Max
 from django.utils.timezone import now
 
@@ -100,7 +100,8 @@ def with_db_retry(what: str, fn: Callable[[], T], *, deadline: float) -> T:
     while True:
         try:
             return fn()
-        except DatabaseError as exc:
+        except (OperationalError, InterfaceError) as exc:
+            # Connection trouble only: a data or integrity error will not heal by waiting.
             if time.monotonic() + pause > deadline:
                 raise
             logger.warning("Database unavailable while %s (%s); trying again in %.1fs.", what, exc, pause)
@@ -233,16 +234,24 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
         return None
     execution = TaskExecution.objects.select_related("task").get(pk=execution_id)
     try:
-        result = run_command(spec_for(execution), _ExecutionHooks(execution))
-    except BaseException as exc:
-        # The runner was interrupted (Celery's backstop limit, worker shutdown);
-        # it has stopped the command's group. Record why before passing it on.
-        fields = {"error": f"TaskHub stopped supervising the command: {type(exc).__name__}: {exc}".rstrip(": ")}
+        spec = spec_for(execution)
+    except ValueError as exc:  # a command line that no longer splits (edited around validation)
+        result = RunResult(outcome="not_started", error=f"Cannot start: the command line cannot be split: {exc}.")
+    else:
         try:
-            finish_and_plan_retry(execution, Status.FAILED, fields, retryable=True)
-        except DatabaseError:
-            logger.exception("Could not record the interruption of execution %s.", execution_id)
-        raise
+            result = run_command(spec, _ExecutionHooks(execution))
+        except BaseException as exc:
+            # The runner was interrupted (Celery's backstop limit, worker shutdown);
+            # it has stopped the command's group. Record why, send the next
+            # attempt if one is due, then pass the exception on.
+            fields = {"error": f"TaskHub stopped supervising the command: {type(exc).__name__}: {exc}".rstrip(": ")}
+            try:
+                outcome = finish_and_plan_retry(execution, Status.FAILED, fields, retryable=True)
+                if outcome.next_execution is not None and outcome.next_execution.enqueued_at is not None:
+                    send(outcome.next_execution)
+            except DatabaseError:
+                logger.exception("Could not record the interruption of execution %s.", execution_id)
+            raise
     status = OUTCOME_STATUS[result.outcome]
     fields = _result_fields(result)
     deadline = time.monotonic() + settings.TASKHUB_FINAL_WRITE_RETRY

@@ -56,6 +56,12 @@ def test_output_that_is_not_utf8_gets_replacement_characters():
     assert buf.text() == "café \ufffd!"
 
 
+def test_nul_bytes_are_stored_as_replacement_characters():
+    buf = OutputBuffer(100)
+    buf.write(b"a\x00b")
+    assert buf.text() == "a\ufffdb"
+
+
 # -- outcomes ------------------------------------------------------------------------------------
 
 
