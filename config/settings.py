@@ -147,6 +147,7 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TASKHUB_TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+FORMAT_MODULE_PATH = ["config.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
@@ -244,16 +245,22 @@ TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)
 # How long a worker keeps trying to write a finished execution's outcome
 # while the database is unreachable (seconds).
 TASKHUB_FINAL_WRITE_RETRY = env_number("TASKHUB_FINAL_WRITE_RETRY", 300, minimum=0)
+# On a warm shutdown (SIGTERM to a worker), seconds running commands get to
+# finish; then they are stopped and handed back to run again as a new attempt.
+TASKHUB_SHUTDOWN_GRACE = env_number("TASKHUB_SHUTDOWN_GRACE", 60, minimum=0)
 # Extra seconds on top of timeout + kill_grace for Celery's backstop limits.
 TASKHUB_TIME_LIMIT_MARGIN = env_number("TASKHUB_TIME_LIMIT_MARGIN", 30, minimum=1)
 
 # Recovery checks, run by beat at least every half of their interval.
-TASKHUB_RECOVER_EVERY = min(TASKHUB_LOST_AFTER, TASKHUB_REQUEUE_AFTER) / 2  # seconds
+# Whole seconds, rounded down: django-celery-beat stores intervals as integers.
+TASKHUB_RECOVER_EVERY = max(1, int(min(TASKHUB_LOST_AFTER, TASKHUB_REQUEUE_AFTER) / 2))
 CELERY_BEAT_SCHEDULE = {
     "taskhub-recover": {
         "task": "executions.recover",
         "schedule": TASKHUB_RECOVER_EVERY,
-        "options": {"expires": TASKHUB_RECOVER_EVERY},
+        # The database scheduler reads expire_seconds (it ignores "expires"):
+        # a check nobody ran in time is dropped, not piled up for later.
+        "options": {"expire_seconds": TASKHUB_RECOVER_EVERY},
     },
 }
 if BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}:

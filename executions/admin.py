@@ -30,7 +30,6 @@ class TaskExecutionAdmin(admin.ModelAdmin):
         "status_display",
         "attempt",
         "trigger",
-        "scheduled_for",
         "started_at",
         "duration_display",
         "exit_code",

@@ -122,7 +122,7 @@ class TaskExecution(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.task_id}#{self.pk} attempt {self.attempt} ({self.status})"
+        return f"Execution #{self.pk} · attempt {self.attempt} · {self.get_status_display().lower()}"
 
     # -- derived ----------------------------------------------------------
 
