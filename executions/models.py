@@ -73,13 +73,19 @@ class TaskExecution(models.Model):
     Status = Status
     Trigger = Trigger
 
-    task = models.ForeignKey("taskhub.Task", on_delete=models.CASCADE, related_name="executions")
+    # No index of its own: execution_task_recent_idx leads with task_id and serves every lookup by task.
+    task = models.ForeignKey("taskhub.Task", on_delete=models.CASCADE, related_name="executions", db_index=False)
     run_id = models.UUIDField(default=uuid.uuid4, editable=False, help_text="Shared by all attempts of one launch.")
     attempt = models.PositiveIntegerField(default=1)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
     triggered_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,  # see execution_triggered_by_idx
     )
     scheduled_for = models.DateTimeField(default=now, help_text="When the attempt is due.")
     enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When a message for it was last sent.")
@@ -108,17 +114,32 @@ class TaskExecution(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["run_id", "attempt"], name="execution_run_attempt_unique"),
         ]
+        # Every status change rewrites the row into every index (status is
+        # indexed, so no HOT update): each index here costs on every launch,
+        # claim and finish, so there is none a query does not need. All
+        # attempts of one launch (run_id) use execution_run_attempt_unique.
         indexes = [
             # Reconciler: due pending rows; reaper: running rows by heartbeat.
-            models.Index(fields=["status", "scheduled_for"], name="execution_status_due_idx"),
-            # Task page and per-task filter of the execution list, newest first.
+            # Partial: finished rows (nearly all of them) are not in it, and a
+            # row leaving `running` adds no entry.
+            models.Index(
+                fields=["status", "scheduled_for"],
+                name="execution_active_due_idx",
+                condition=models.Q(status__in=["pending", "running"]),
+            ),
+            # Task page and per-task filter of the execution list, newest first;
+            # also the task foreign key's index (cascade on task delete).
             models.Index(fields=["task", "-id"], name="execution_task_recent_idx"),
             # Status filter of the execution list, newest first.
             models.Index(fields=["status", "-id"], name="execution_status_recent_idx"),
-            # All attempts of one launch.
-            models.Index(fields=["run_id"], name="execution_run_idx"),
             # Retention (purge_executions) and date filters.
             models.Index(fields=["created_at"], name="execution_created_idx"),
+            # SET NULL when a user is deleted; rows nobody triggered are not in it.
+            models.Index(
+                fields=["triggered_by"],
+                name="execution_triggered_by_idx",
+                condition=models.Q(triggered_by__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

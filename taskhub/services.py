@@ -7,7 +7,6 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
 from django.utils.timezone import now
 
 from executions import services as execution_services
@@ -31,20 +30,23 @@ def launch(
     at = now()
     due = scheduled_for or at
     will_send = (due - at).total_seconds() <= settings.TASKHUB_MAX_ETA
-    with transaction.atomic():
-        execution = TaskExecution.objects.create(
-            task=task,
-            run_id=uuid.uuid4(),
-            attempt=1,
-            status=TaskExecution.Status.PENDING,
-            trigger=trigger,
-            triggered_by=user if user is not None and user.is_authenticated else None,
-            scheduled_for=due,
-            enqueued_at=at if will_send else None,
-            celery_task_id=str(uuid.uuid4()),
-            created_at=at,
-        )
-        execution.task = task
-        if will_send:
-            execution_services.send_on_commit(execution)
+    # One INSERT, no transaction block of its own: outside a transaction it
+    # commits at once (one round trip instead of BEGIN/INSERT/COMMIT) and the
+    # message goes out right after; inside a caller's transaction, on_commit
+    # still holds the message until that commits.
+    execution = TaskExecution.objects.create(
+        task=task,
+        run_id=uuid.uuid4(),
+        attempt=1,
+        status=TaskExecution.Status.PENDING,
+        trigger=trigger,
+        triggered_by=user if user is not None and user.is_authenticated else None,
+        scheduled_for=due,
+        enqueued_at=at if will_send else None,
+        celery_task_id=str(uuid.uuid4()),
+        created_at=at,
+    )
+    execution.task = task
+    if will_send:
+        execution_services.send_on_commit(execution)
     return execution

@@ -1,0 +1,91 @@
+"""How many database round trips the launch and worker paths cost: pinned, so none is added unnoticed.
+
+Each statement is a round trip to PostgreSQL and CPU on both ends; at
+hundreds of executions a second they are most of TaskHub's overhead over a
+bare Celery task (``make bench`` shows the figures). Change a number here
+only together with the reason in the commit.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from executions.models import Status, TaskExecution
+from executions.services import execute
+from taskhub.services import launch
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def statements(ctx: CaptureQueriesContext) -> list[str]:
+    return [q["sql"].split(None, 1)[0].upper() for q in ctx.captured_queries]
+
+
+def pending_row(task) -> TaskExecution:
+    return TaskExecution.objects.create(task=task, status=Status.PENDING)
+
+
+def test_a_short_successful_execution_costs_five_statements_on_the_worker(make_task, settings):
+    task = make_task(command="true")
+    execution = pending_row(task)
+
+    with CaptureQueriesContext(connection) as ctx:
+        outcome = execute(execution.pk, worker="w1", celery_task_id="c1")
+
+    execution.refresh_from_db()
+    assert outcome is not None and execution.status == Status.SUCCEEDED
+    # Claim (UPDATE), load the row with its task (SELECT), then the outcome
+    # (BEGIN, UPDATE, COMMIT: the transaction that would also hold a retry row).
+    # No heartbeat and no cancel check: the command ended before the first tick.
+    assert statements(ctx) == ["UPDATE", "SELECT", "BEGIN", "UPDATE", "COMMIT"], ctx.captured_queries
+
+
+def test_a_failed_execution_with_a_retry_adds_only_the_next_attempts_insert(make_task):
+    task = make_task(command="false", retry_count=1, retry_delay=0)
+    execution = pending_row(task)
+
+    with CaptureQueriesContext(connection) as ctx:
+        outcome = execute(execution.pk, worker="w1", celery_task_id="c1")
+
+    assert outcome is not None and outcome.next_execution is not None
+    assert statements(ctx) == ["UPDATE", "SELECT", "BEGIN", "UPDATE", "INSERT", "COMMIT"], ctx.captured_queries
+
+
+def test_a_duplicate_message_costs_the_claim_and_one_look_at_the_row(make_task):
+    execution = pending_row(make_task(command="true"))
+    execute(execution.pk, worker="w1", celery_task_id="c1")
+
+    with CaptureQueriesContext(connection) as ctx:
+        assert execute(execution.pk, worker="w1", celery_task_id="c1") is None
+
+    assert statements(ctx) == ["UPDATE", "SELECT"], ctx.captured_queries
+
+
+def test_a_command_running_past_several_ticks_writes_one_heartbeat_per_tick_and_polls_cancel_once_per_poll(
+    make_task, settings
+):
+    settings.TASKHUB_HEARTBEAT = 0.4
+    settings.TASKHUB_CANCEL_POLL = 0.4
+    task = make_task(command="sleep 1.1")
+    execution = pending_row(task)
+
+    with CaptureQueriesContext(connection) as ctx:
+        execute(execution.pk, worker="w1", celery_task_id="c1")
+
+    kinds = statements(ctx)
+    # Ticks at 0.4 s and 0.8 s: two heartbeat UPDATEs and two cancel SELECTs
+    # on top of the five statements every execution costs.
+    assert kinds.count("UPDATE") == 2 + 2, ctx.captured_queries
+    assert kinds.count("SELECT") == 1 + 2, ctx.captured_queries
+    assert len(kinds) == 5 + 4
+
+
+def test_launching_costs_one_insert(make_task):
+    task = make_task(command="true")
+
+    with CaptureQueriesContext(connection) as ctx:
+        launch(task)
+
+    assert statements(ctx) == ["INSERT"], ctx.captured_queries
