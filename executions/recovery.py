@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Q
@@ -128,9 +128,17 @@ def _process_is_execution(pid: int, execution_id: int) -> bool:
         return False
 
 
-def recover_host(worker: str) -> int:
-    """Stop and mark lost what a previous life of ``worker`` left running; return how many."""
-    leftovers = list(TaskExecution.objects.filter(status=Status.RUNNING, worker=worker).select_related("task"))
+def recover_host(worker: str, *, started_before: datetime) -> int:
+    """Stop and mark lost what a previous life of ``worker`` left running; return how many.
+
+    Only rows claimed before ``started_before`` (when this life began) are
+    taken: anything this life has claimed since is running here and now.
+    """
+    leftovers = list(
+        TaskExecution.objects.filter(
+            status=Status.RUNNING, worker=worker, started_at__lt=started_before
+        ).select_related("task")
+    )
     for execution in leftovers:
         if execution.pid and _process_is_execution(execution.pid, execution.pk):
             try:

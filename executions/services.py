@@ -17,6 +17,7 @@ from django.utils.timezone import now
 
 from executions.models import RETRYABLE, Status, TaskExecution, Trigger
 from executions.runner import CommandSpec, Hooks, OutputBuffer, RunResult, build_env, run_command
+from executions.worker import shutdown_grace_expired
 
 logger = logging.getLogger("executions")
 
@@ -80,11 +81,20 @@ def send_on_commit(execution: TaskExecution) -> None:
 # -- running one execution ------------------------------------------------------------
 
 
+# Opens the error of an attempt a worker's warm shutdown stopped and handed
+# back; such attempts do not count against the task's retry_count.
+HANDED_BACK = "Handed back:"
+# How long a claim waits for the database to come back (seconds); after that
+# the message fails and the reconciler sends it again.
+CLAIM_DB_RETRY = 15
+
+
 @dataclass
 class Outcome:
     execution: TaskExecution
     next_execution: TaskExecution | None = None
     retry_delay: float = 0.0
+    handed_back: bool = False
 
 
 def _ensure_usable_connection() -> None:
@@ -204,42 +214,95 @@ def _result_fields(result: RunResult) -> dict[str, object]:
     }
 
 
+def _counted_attempts(execution: TaskExecution) -> int:
+    """Attempts of this run up to ``execution`` that count against retry_count."""
+    if execution.attempt == 1:
+        return 1
+    handed_back = TaskExecution.objects.filter(
+        run_id=execution.run_id, attempt__lt=execution.attempt, status=Status.LOST, error__startswith=HANDED_BACK
+    ).count()
+    return execution.attempt - handed_back
+
+
 def finish_and_plan_retry(
-    execution: TaskExecution, status: str, fields: dict[str, object], *, retryable: bool
+    execution: TaskExecution, status: str, fields: dict[str, object], *, retryable: bool, handed_back: bool = False
 ) -> Outcome:
-    """Record the outcome and, in the same transaction, the next attempt's row."""
-    outcome = Outcome(execution=execution)
-    with transaction.atomic():
-        if not execution.finish(status, **fields):
-            # The row left `running` meanwhile (the reaper marked it lost): its
-            # retry, if any, was planned there.
-            logger.warning(
-                "Execution %s was no longer running when it finished; outcome %s not recorded.", execution.pk, status
-            )
-            return outcome
-        task = execution.task
-        if retryable and status in RETRYABLE and execution.attempt < task.attempts:
-            delay = task.retry_delay_for(execution.attempt)
-            outcome.next_execution = execution.next_attempt(delay=delay, enqueued=delay <= settings.TASKHUB_MAX_ETA)
-            outcome.retry_delay = delay
+    """Record the outcome and, in the same transaction, the next attempt's row.
+
+    A ``handed_back`` attempt (stopped by its worker's warm shutdown) always
+    gets a next attempt, due at once and not counted against retry_count.
+    """
+    outcome = Outcome(execution=execution, handed_back=handed_back)
+    previous_status = execution.status
+    try:
+        with transaction.atomic():
+            if not execution.finish(status, **fields):
+                # The row left `running` meanwhile (the reaper marked it lost): its
+                # retry, if any, was planned there.
+                logger.warning(
+                    "Execution %s was no longer running when it finished; outcome %s not recorded.",
+                    execution.pk,
+                    status,
+                )
+                return outcome
+            task = execution.task
+            if handed_back:
+                outcome.next_execution = execution.next_attempt(delay=0, enqueued=True)
+            elif retryable and status in RETRYABLE:
+                retry = _counted_attempts(execution)  # the retry the next attempt would be
+                if retry <= task.retry_count:
+                    delay = task.retry_delay_for(retry)
+                    outcome.next_execution = execution.next_attempt(
+                        delay=delay, enqueued=delay <= settings.TASKHUB_MAX_ETA
+                    )
+                    outcome.retry_delay = delay
+    except BaseException:
+        # Nothing was committed (e.g. the database went away before COMMIT):
+        # the row is still `previous_status`, and so must this instance be, or
+        # the next try of this write would be refused as an invalid transition.
+        execution.status = previous_status
+        raise
     return outcome
+
+
+class _StopAtShutdown:
+    """Wrap a cancel check so that it also says stop once the worker's shutdown grace is over."""
+
+    def __init__(self, cancel_requested: Callable[[], bool] | None) -> None:
+        self.cancel_requested = cancel_requested
+        self.fired = False
+
+    def __call__(self) -> bool:
+        if shutdown_grace_expired():
+            self.fired = True
+            return True
+        return bool(self.cancel_requested and self.cancel_requested())
 
 
 def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome | None:
     """Claim, run and record one execution. Return None when the message was not ours to run."""
     at = now()
-    claimed = TaskExecution.claim(execution_id, worker=worker, celery_task_id=celery_task_id, due_by=at)
+    # A connection broken by a database restart fails the first query; the
+    # retry reconnects, so the first message after an outage is not wasted.
+    claimed = with_db_retry(
+        f"claiming execution {execution_id}",
+        lambda: TaskExecution.claim(execution_id, worker=worker, celery_task_id=celery_task_id, due_by=at),
+        deadline=time.monotonic() + CLAIM_DB_RETRY,
+    )
     if not claimed:
         _explain_unclaimed(execution_id, at)
         return None
     execution = TaskExecution.objects.select_related("task").get(pk=execution_id)
+    stop_at_shutdown: _StopAtShutdown | None = None
     try:
         spec = spec_for(execution)
     except ValueError as exc:  # a command line that no longer splits (edited around validation)
         result = RunResult(outcome="not_started", error=f"Cannot start: the command line cannot be split: {exc}.")
     else:
+        hooks = _ExecutionHooks(execution)
+        stop_at_shutdown = hooks.cancel_requested = _StopAtShutdown(hooks.cancel_requested)
         try:
-            result = run_command(spec, _ExecutionHooks(execution))
+            result = run_command(spec, hooks)
         except BaseException as exc:
             # The runner was interrupted (Celery's backstop limit, worker shutdown);
             # it has stopped the command's group. Record why, send the next
@@ -254,10 +317,20 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
             raise
     status = OUTCOME_STATUS[result.outcome]
     fields = _result_fields(result)
+    handed_back = result.outcome == "cancelled" and stop_at_shutdown is not None and stop_at_shutdown.fired
+    if handed_back:
+        status = Status.LOST
+        fields["error"] = (
+            f"{HANDED_BACK} worker {worker} shut down and the command was still running after "
+            f"TASKHUB_SHUTDOWN_GRACE ({settings.TASKHUB_SHUTDOWN_GRACE:g}s); it was stopped and runs again "
+            "as a new attempt (not counted against the retries)."
+        )
     deadline = time.monotonic() + settings.TASKHUB_FINAL_WRITE_RETRY
     return with_db_retry(
         f"recording the outcome of execution {execution_id}",
-        lambda: finish_and_plan_retry(execution, status, fields, retryable=result.outcome != "not_started"),
+        lambda: finish_and_plan_retry(
+            execution, status, fields, retryable=result.outcome != "not_started", handed_back=handed_back
+        ),
         deadline=deadline,
     )
 

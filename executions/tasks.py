@@ -35,6 +35,11 @@ def run_execution(self, execution_id: int) -> None:
         return
     execution, nxt, delay = outcome.execution, outcome.next_execution, outcome.retry_delay
     task = execution.task
+    if outcome.handed_back:
+        # Stopped by this worker's shutdown: the new attempt is not one of
+        # Celery's retries; another worker (or this one, restarted) takes it.
+        services.send(nxt)
+        return
     if delay > settings.TASKHUB_MAX_ETA:
         logger.info(
             "Execution %s: attempt %s is due in %.0fs, held in the database until then.",
