@@ -1,0 +1,151 @@
+"""The recovery checks one call at a time, against the real database and Redis: reaper, reconciler, hand-back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.utils.timezone import now
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from executions.models import Status, TaskExecution, Trigger
+from executions.recovery import reap_lost, reconcile_pending
+from executions.services import HANDED_BACK, finish_and_plan_retry, send
+from tests.conftest import purge_broker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def queued_ids() -> list[int]:
+    """Execution ids of the run messages waiting in the broker's default queue."""
+    import base64
+    import json
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    ids = []
+    for key in client.keys("default*"):
+        if client.type(key) != b"list":
+            continue
+        for raw in client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            ids.append(args[0])
+    return sorted(ids)
+
+
+def row(task, *, status=Status.PENDING, attempt=1, run_id=None, **fields) -> TaskExecution:
+    fields.setdefault("scheduled_for", now())
+    return TaskExecution.objects.create(
+        task=task, run_id=run_id or uuid.uuid4(), attempt=attempt, status=status, trigger=Trigger.API, **fields
+    )
+
+
+@pytest.fixture
+def empty_broker():
+    purge_broker()
+    yield
+    purge_broker()
+
+
+def test_beat_runs_the_recovery_check_at_least_every_half_interval_and_drops_a_late_one():
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    from config.celery import app
+
+    DatabaseScheduler(app=app)  # what `celery beat -S django` does first: install the configured schedule
+
+    entry = PeriodicTask.objects.get(name="taskhub-recover")
+    half = min(settings.TASKHUB_LOST_AFTER, settings.TASKHUB_REQUEUE_AFTER) / 2
+    assert entry.task == "executions.recover" and entry.enabled
+    assert entry.interval.period == IntervalSchedule.SECONDS
+    assert 1 <= entry.interval.every <= half
+    assert entry.expire_seconds == entry.interval.every
+
+
+def test_the_reaper_marks_a_silent_execution_lost_naming_its_worker_and_sends_its_next_attempt(make_task, empty_broker):
+    task = make_task(retry_count=1, retry_delay=0)
+    silent = row(
+        task, status=Status.RUNNING, worker="gone@host-a", started_at=now(), heartbeat_at=now() - timedelta(seconds=90)
+    )
+    alive = row(task, status=Status.RUNNING, worker="busy@host-b", started_at=now(), heartbeat_at=now())
+
+    assert reap_lost(lost_after=60) == 1
+
+    silent.refresh_from_db()
+    alive.refresh_from_db()
+    assert silent.status == Status.LOST
+    assert "worker gone@host-a stopped answering" in silent.error
+    assert alive.status == Status.RUNNING
+    nxt = TaskExecution.objects.get(run_id=silent.run_id, attempt=2)
+    assert nxt.status == Status.PENDING and nxt.trigger == Trigger.RETRY
+    assert queued_ids() == [nxt.pk]
+    assert reap_lost(lost_after=60) == 0  # reaped once, not again
+
+
+def test_the_reconciler_resends_a_lost_message_only_once_the_queue_has_drained(make_task, empty_broker):
+    task = make_task()
+    long_ago = now() - timedelta(minutes=5)
+    unclaimed = row(task, scheduled_for=long_ago, enqueued_at=long_ago)
+    waiting = row(task, enqueued_at=now())
+    send(waiting)  # a backlog: one message still waiting its turn
+
+    assert reconcile_pending(requeue_after=60) == 0
+    unclaimed.refresh_from_db()
+    assert unclaimed.enqueued_at == long_ago  # a backlog is not a lost message
+    assert queued_ids() == [waiting.pk]
+
+    purge_broker()  # the broker lost everything (or the backlog drained)
+    assert reconcile_pending(requeue_after=60) == 1
+    unclaimed.refresh_from_db()
+    assert unclaimed.enqueued_at > long_ago
+    # `waiting` was sent moments ago: its turn to be re-sent comes after requeue_after.
+    assert queued_ids() == [unclaimed.pk]
+    assert reconcile_pending(requeue_after=60) == 0  # not sent again on the next round
+
+
+def test_a_long_delay_held_in_the_database_is_sent_when_due_even_behind_a_backlog(make_task, empty_broker):
+    task = make_task()
+    held = row(task, scheduled_for=now() + timedelta(hours=2), enqueued_at=None)
+    due = row(task, scheduled_for=now() - timedelta(seconds=1), enqueued_at=None)
+    backlog = row(task, enqueued_at=now())
+    send(backlog)
+
+    assert reconcile_pending(requeue_after=60) == 1
+
+    assert queued_ids() == sorted([backlog.pk, due.pk])
+    held.refresh_from_db()
+    assert held.enqueued_at is None  # not due for two hours: still only in the database
+
+
+def test_a_handed_back_attempt_gets_a_new_one_without_using_up_the_retries(make_task):
+    task = make_task(retry_count=1, retry_delay=0)
+    first = row(task, status=Status.RUNNING, started_at=now())
+
+    handed = finish_and_plan_retry(
+        first, Status.LOST, {"error": f"{HANDED_BACK} shut down"}, retryable=True, handed_back=True
+    )
+    second = handed.next_execution
+    assert second is not None and second.attempt == 2 and second.scheduled_for <= now()
+
+    second.transition(Status.RUNNING, started_at=now())
+    retried = finish_and_plan_retry(second, Status.FAILED, {"error": "exit 1"}, retryable=True)
+    third = retried.next_execution
+    assert third is not None and third.attempt == 3  # the one retry is still there
+
+    third.transition(Status.RUNNING, started_at=now())
+    assert finish_and_plan_retry(third, Status.FAILED, {"error": "exit 1"}, retryable=True).next_execution is None
+
+
+def test_a_handed_back_attempt_is_run_again_even_when_the_task_has_no_retries(make_task):
+    task = make_task(retry_count=0)
+    first = row(task, status=Status.RUNNING, started_at=now())
+
+    outcome = finish_and_plan_retry(
+        first, Status.LOST, {"error": f"{HANDED_BACK} shut down"}, retryable=True, handed_back=True
+    )
+
+    assert outcome.next_execution is not None
+    assert TaskExecution.objects.filter(run_id=first.run_id).count() == 2
