@@ -176,6 +176,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.DjangoModelPermissions"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
 }
 SPECTACULAR_SETTINGS = {"TITLE": "TaskHub API", "VERSION": "1.0.0"}
 
@@ -239,6 +241,11 @@ TASKHUB_LOST_AFTER = env_number("TASKHUB_LOST_AFTER", 60, minimum=3)
 TASKHUB_REQUEUE_AFTER = env_number("TASKHUB_REQUEUE_AFTER", 60, minimum=1)
 TASKHUB_HEARTBEAT = env_number("TASKHUB_HEARTBEAT", min(5.0, TASKHUB_LOST_AFTER / 3), minimum=0.2)
 TASKHUB_CANCEL_POLL = env_number("TASKHUB_CANCEL_POLL", 1.0, minimum=0.1)
+# Threads pool (`celery worker --pool threads`, for many long commands on one
+# host): at most this many of a process's executions hold a database
+# connection at once (claiming or recording); one supervisor thread per
+# process checks and heartbeats all of them on one more connection.
+TASKHUB_THREAD_DB_CONNECTIONS = env_number("TASKHUB_THREAD_DB_CONNECTIONS", 8, minimum=1, integer=True)
 # Retries due further ahead than this (seconds) are held in the database and
 # sent by the reconciler when due, so no long ETA sits in the broker.
 TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)

@@ -120,6 +120,11 @@ class Hooks:
     on_start: Callable[[int], None] | None = None
     on_heartbeat: Callable[[OutputBuffer, OutputBuffer], None] | None = None
     cancel_requested: Callable[[], bool] | None = None
+    # Called once the command's group is gone, when on_start was called.
+    on_exit: Callable[[], None] | None = None
+    # A file descriptor (e.g. an eventfd) that someone else makes readable to
+    # have cancel_requested() asked at once instead of at the next poll.
+    wakeup_fd: int | None = None
 
 
 def build_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -315,6 +320,8 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
             if stream is not None:
                 stream.close()
         watcher.unregister(pgid)
+        if hooks.on_exit:
+            hooks.on_exit()
     result.stdout = out.text()
     result.stderr = err.text()
     result.output_truncated = out.truncated or err.truncated
@@ -352,6 +359,9 @@ def _supervise(
         buffers[stream.fileno()] = buf
     pidfd = os.pidfd_open(proc.pid)
     sel.register(pidfd, selectors.EVENT_READ)
+    wakeup_fd = hooks.wakeup_fd if hooks.cancel_requested else None
+    if wakeup_fd is not None:
+        sel.register(wakeup_fd, selectors.EVENT_READ)
     open_pipes = 2
     leader_done = False
 
@@ -416,6 +426,13 @@ def _supervise(
                 if fd == pidfd:
                     sel.unregister(pidfd)
                     leader_done = True
+                    continue
+                if fd == wakeup_fd:
+                    try:
+                        os.read(fd, 8)
+                    except BlockingIOError:
+                        pass
+                    next_cancel_check = 0.0  # ask at the top of the loop
                     continue
                 try:
                     chunk = os.read(fd, READ_CHUNK)

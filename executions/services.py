@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import Max
 from django.utils.timezone import now
 
+from executions import supervisor
 from executions.models import RETRYABLE, Status, TaskExecution, Trigger
 from executions.runner import CommandSpec, Hooks, OutputBuffer, RunResult, build_env, run_command
 from executions.worker import shutdown_grace_expired
@@ -124,22 +127,62 @@ def with_db_retry(what: str, fn: Callable[[], T], *, deadline: float) -> T:
 
 
 class _ExecutionHooks(Hooks):
-    """Runner callbacks that keep the execution row up to date."""
+    """Runner callbacks that keep the execution row up to date.
+
+    In a prefork (or solo) pool process they query and write the row
+    themselves. In a threads pool (``shared_mode()``) the process's one
+    supervisor does it for all its executions in batches, and these
+    callbacks only exchange state with it in memory: see executions/supervisor.py.
+    """
 
     def __init__(self, execution: TaskExecution) -> None:
+        self.shared = supervisor.shared_mode()
         super().__init__(
             on_start=self.on_start_cb,
             on_heartbeat=self.on_heartbeat_cb,
             cancel_requested=self.cancel_requested_cb,
+            on_exit=self.on_exit_cb if self.shared else None,
         )
         self.execution = execution
+        self.execution_id = execution.pk
         self.pid: int | None = None
         self.saved_bytes = (-1, -1)
+        # Shared mode: what the supervisor reads and sets.
+        self.registered_at = 0.0
+        self.pid_saved = False
+        self.stop_requested = False
+        self._output: dict[str, object] | None = None
+        self._fd_lock = threading.Lock()
 
     def on_start_cb(self, pid: int) -> None:
         self.pid = pid
+        if self.shared:
+            # The supervisor wakes the runner through it when the row says stop.
+            self.wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.registered_at = time.monotonic()
+            supervisor.supervisor.register(self)
+            # The command may run for hours: hand the connection back meanwhile.
+            supervisor.slots.release()
+
+    def on_exit_cb(self) -> None:
+        supervisor.supervisor.unregister(self)
+        with self._fd_lock:  # stop() may be writing to it from the supervisor's thread
+            if self.wakeup_fd is not None:
+                os.close(self.wakeup_fd)
+                self.wakeup_fd = None
+        supervisor.slots.acquire()  # for recording the outcome
 
     def on_heartbeat_cb(self, out: OutputBuffer, err: OutputBuffer) -> None:
+        if self.shared:
+            # Decode here, in the runner's thread; the supervisor writes it on its next tick.
+            if (out.total, err.total) != self.saved_bytes:
+                self.saved_bytes = (out.total, err.total)
+                self._output = {
+                    "stdout": out.text(),
+                    "stderr": err.text(),
+                    "output_truncated": out.truncated or err.truncated,
+                }
+            return
         fields: dict[str, object] = {"heartbeat_at": now(), "pid": self.pid}
         if (out.total, err.total) != self.saved_bytes:
             fields.update(stdout=out.text(), stderr=err.text(), output_truncated=out.truncated or err.truncated)
@@ -151,7 +194,20 @@ class _ExecutionHooks(Hooks):
             logger.warning("Heartbeat of execution %s not saved: %s", self.execution.pk, exc)
             _ensure_usable_connection()
 
+    def take_output(self) -> dict[str, object] | None:
+        output, self._output = self._output, None
+        return output
+
+    def stop(self) -> None:
+        """Called by the supervisor's thread: the row says stop."""
+        self.stop_requested = True
+        with self._fd_lock:
+            if self.wakeup_fd is not None:
+                os.eventfd_write(self.wakeup_fd, 1)
+
     def cancel_requested_cb(self) -> bool:
+        if self.shared:
+            return self.stop_requested
         try:
             row = (
                 TaskExecution.objects.filter(pk=self.execution.pk).values_list("status", "cancel_requested_at").first()
