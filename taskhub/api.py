@@ -1,0 +1,67 @@
+"""REST API for tasks: CRUD plus `run`."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema
+from rest_framework import permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from executions.api import ExecutionSerializer
+from executions.models import Trigger
+from taskhub.models import Task, TaskDisabled
+from taskhub.permissions import CanRunTasks, ModelPermissions, can_see_secrets
+from taskhub.services import launch
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Task
+        fields = [
+            "id", "name", "description", "command", "shell", "env", "working_dir", "timeout", "kill_grace",
+            "retry_count", "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority",
+            "enabled", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate(self, attrs: dict) -> dict:
+        # The model's own clean() (command splitting, working directory) applies here as in the admin.
+        instance = Task(**{**self._current_values(), **attrs})
+        try:
+            instance.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return attrs
+
+    def _current_values(self) -> dict:
+        if self.instance is None:
+            return {}
+        return {f: getattr(self.instance, f) for f in self.Meta.fields if f not in ("id", "created_at", "updated_at")}
+
+    def to_representation(self, instance: Task) -> dict:
+        data = super().to_representation(instance)
+        if not can_see_secrets(self.context.get("request")):
+            # Values of env may be secrets: only people who may change the task see them.
+            data["env"] = {name: "••••" for name in instance.env}
+        return data
+
+
+class TaskViewSet(viewsets.ModelViewSet):
+    queryset = Task.objects.all().order_by("name")
+    serializer_class = TaskSerializer
+    permission_classes = [permissions.IsAuthenticated, ModelPermissions]
+    filterset_fields = ["enabled", "queue", "name"]
+
+    @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
+    @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanRunTasks])
+    def run(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        try:
+            execution = launch(task, trigger=Trigger.API, user=request.user)
+        except TaskDisabled as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(
+            ExecutionSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
