@@ -29,10 +29,7 @@ def test_a_broker_countdown_beyond_the_visibility_timeout_is_an_error(settings):
 
 def test_the_filesystem_broker_with_a_shared_database_is_warned_about(settings):
     settings.BROKER_SCHEME = "filesystem"
-    settings.DATABASES = {
-        **settings.DATABASES,
-        "default": {**settings.DATABASES["default"], "ENGINE": "django.db.backends.postgresql"},
-    }
+    settings.DATABASE_URL = "postgres://db.example/taskhub"
     assert ids(check_single_host_broker()) == ["taskhub.W001"]
     settings.BROKER_SCHEME = "redis"
     assert check_single_host_broker() == []
