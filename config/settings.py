@@ -246,6 +246,18 @@ TASKHUB_CANCEL_POLL = env_number("TASKHUB_CANCEL_POLL", 1.0, minimum=0.1)
 # connection at once (claiming or recording); one supervisor thread per
 # process checks and heartbeats all of them on one more connection.
 TASKHUB_THREAD_DB_CONNECTIONS = env_number("TASKHUB_THREAD_DB_CONNECTIONS", 8, minimum=1, integer=True)
+# Keep this process's PostgreSQL connections in a pool (psycopg_pool) instead
+# of one per thread: for threads-pool workers, whose executions then borrow a
+# connection to claim and record instead of connecting each time.
+TASKHUB_DB_POOL = env_bool("TASKHUB_DB_POOL", False)
+if TASKHUB_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        # Execution slots, the supervisor, and the worker's main thread.
+        "min_size": 2,
+        "max_size": TASKHUB_THREAD_DB_CONNECTIONS + 2,
+        "timeout": 60,  # seconds a thread waits for a free connection
+    }
 # Retries due further ahead than this (seconds) are held in the database and
 # sent by the reconciler when due, so no long ETA sits in the broker.
 TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)
