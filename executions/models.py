@@ -132,6 +132,9 @@ class TaskExecution(models.Model):
             models.Index(fields=["task", "-id"], name="execution_task_recent_idx"),
             # Status filter of the execution list, newest first.
             models.Index(fields=["status", "-id"], name="execution_status_recent_idx"),
+            # Trigger filter of the execution list, newest first (rare triggers
+            # such as cli would otherwise scan the whole history).
+            models.Index(fields=["trigger", "-id"], name="execution_trigger_recent_idx"),
             # Retention (purge_executions) and date filters.
             models.Index(fields=["created_at"], name="execution_created_idx"),
             # SET NULL when a user is deleted; rows nobody triggered are not in it.
