@@ -1,0 +1,528 @@
+"""The figures of ``make bench``; each returns (table rows, details)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import redis
+from django.db import connection
+from django.db.models import Count
+
+from bench.baseline import baseline
+from bench.harness import Profiler, Worker, cpu_seconds, percentile, wait_for
+from executions.models import Status, TaskExecution
+from executions.services import broker_priority
+from taskhub.models import Task
+from taskhub.services import launch
+
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+# The settings both sides run under: prefork, two processes, prefetch 1 (from settings).
+PREFORK = {"pool": "prefork", "concurrency": 2}
+
+
+def scaled(n: int, minimum: int = 5) -> int:
+    return max(minimum, int(n * SCALE))
+
+
+def row(figure: str, baseline_value, value, target: str, met: bool | None, unit: str = "", ratio=None) -> dict:
+    if ratio is None and isinstance(baseline_value, (int, float)) and isinstance(value, (int, float)):
+        ratio = value / baseline_value if baseline_value else None
+    return {
+        "figure": figure,
+        "baseline": baseline_value,
+        "taskhub": value,
+        "ratio": ratio,
+        "unit": unit,
+        "target": target,
+        "met": met,
+    }
+
+
+def _fmt(value, unit: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        text = f"{value:,.1f}" if abs(value) >= 10 else f"{value:,.2f}"
+    else:
+        text = f"{value:,}" if isinstance(value, int) else str(value)
+    return f"{text} {unit}".strip()
+
+
+def render(rows: list[dict]) -> str:
+    header = ("figure", "baseline", "TaskHub", "ratio", "target", "met")
+    lines = [
+        (
+            r["figure"],
+            _fmt(r["baseline"], r["unit"]),
+            _fmt(r["taskhub"], r["unit"]),
+            "—" if r["ratio"] is None else f"{r['ratio']:.2f}",
+            r["target"],
+            {True: "yes", False: "NO", None: "—"}[r["met"]],
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+    return "\n".join(out)
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["BENCH_REPORT_URL"])
+
+
+def _send_baseline(argv: list[str], key: str, **kwargs) -> None:
+    baseline.apply_async(args=[argv, key], kwargs=kwargs, queue="default", priority=broker_priority(5))
+
+
+def _task(name: str, command: str, **fields) -> Task:
+    fields.setdefault("timeout", 60)
+    fields.setdefault("kill_grace", 1)
+    task, _ = Task.objects.update_or_create(name=name, defaults={"command": command, **fields})
+    return task
+
+
+def _pg_counters() -> dict[str, int]:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT sessions, xact_commit, tup_inserted, tup_updated, tup_returned + tup_fetched "
+            "FROM pg_stat_database WHERE datname = current_database()"
+        )
+        sessions, commits, inserted, updated, read = cur.fetchone()
+    return {"sessions": sessions, "commits": commits, "inserted": inserted, "updated": updated, "read": read}
+
+
+def _pg_delta(before: dict[str, int], n: int) -> dict[str, float]:
+    # pg_stat_database is updated by backends at most every PGSTAT_MIN_INTERVAL (1 s).
+    time.sleep(1.2)
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot()")
+    after = _pg_counters()
+    return {k: round((after[k] - before[k]) / n, 2) for k in before}
+
+
+def _cpu_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {k: round((after[k] - before[k]) * 1000 / n, 2) for k in before}
+
+
+def _finished_count(task: Task) -> int:
+    return TaskExecution.objects.filter(task=task, finished_at__isnull=False).count()
+
+
+def _wait_all(task: Task, n: int, timeout: float) -> None:
+    wait_for(lambda: _finished_count(task) >= n, timeout=timeout, interval=0.05, what=f"{n} executions of {task}")
+
+
+# -- 1. throughput ----------------------------------------------------------------------------
+
+
+def throughput():
+    n = scaled(2000, 50)
+    r = _redis()
+    worker = Worker("bench-tp", **PREFORK).start()
+    details: dict[str, object] = {"n": n}
+    try:
+        task = _task("bench-true", "true")
+        # Warm both paths up (pool processes import, connect, start their watchers).
+        for _ in range(20):
+            _send_baseline(["true"], "bench:warm")
+            launch(task)
+        wait_for(lambda: r.llen("bench:warm") >= 20, timeout=60, what="baseline warm-up")
+        _wait_all(task, 20, 60)
+        task.executions.all().delete()
+
+        key = "bench:tp"
+        cpu0 = cpu_seconds(worker)
+        with Profiler(worker, "baseline") as base_prof:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                _send_baseline(["true"], key)
+            sent = time.perf_counter()
+            wait_for(lambda: r.llen(key) >= n, timeout=600, interval=0.02, what="baseline throughput")
+            base_s = time.perf_counter() - t0
+        cpu1 = cpu_seconds(worker)
+        details["baseline"] = {
+            "seconds": base_s,
+            "enqueue_per_s": n / (sent - t0),
+            "cpu_ms_per_job": _cpu_per(cpu0, cpu1, n),
+            "profile": base_prof.summary(),
+        }
+
+        before = _pg_counters()
+        cpu0 = cpu_seconds(worker)
+        with Profiler(worker, "taskhub") as hub_prof:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                launch(task)
+            sent = time.perf_counter()
+            _wait_all(task, n, 600)
+            hub_s = time.perf_counter() - t0
+        cpu1 = cpu_seconds(worker)
+        per_execution = _pg_delta(before, n)
+        details["taskhub"] = {
+            "seconds": hub_s,
+            "launch_per_s": n / (sent - t0),
+            "postgres_per_execution": per_execution,
+            "cpu_ms_per_job": _cpu_per(cpu0, cpu1, n),
+            "profile": hub_prof.summary(),
+        }
+        details["taskhub"]["succeeded"] = task.executions.filter(status=Status.SUCCEEDED).count()
+    finally:
+        worker.stop()
+    base_rate, hub_rate = n / base_s, n / hub_s
+    print(f"   baseline {base_rate:.0f}/s, TaskHub {hub_rate:.0f}/s; per execution in PostgreSQL: {per_execution}")
+    for side in ("baseline", "taskhub"):
+        print(f"   {side} CPU ms per job: {details[side]['cpu_ms_per_job']}")
+        if details[side]["profile"]:
+            print(f"   {side} worker profile: {json.dumps(details[side]['profile'], ensure_ascii=False)}")
+    return [
+        row(
+            f"throughput, {n} × `true` (launch → finish)",
+            base_rate,
+            hub_rate,
+            "≥ 0.8 × baseline",
+            hub_rate >= 0.8 * base_rate,
+            "/s",
+        ),
+        row(
+            "launch rate (create row + send)",
+            details["baseline"]["enqueue_per_s"],
+            details["taskhub"]["launch_per_s"],
+            "—",
+            None,
+            "/s",
+        ),
+        row(
+            "PostgreSQL connects per execution",
+            None,
+            per_execution["sessions"],
+            "≈ 0",
+            per_execution["sessions"] < 0.05,
+        ),
+        row("PostgreSQL commits per execution", None, per_execution["commits"], "—", None),
+    ], details
+
+
+# -- 2. dispatch latency --------------------------------------------------------------------------
+
+STAMP = ["date", "+%s.%N"]
+
+
+def latency():
+    n = scaled(300, 20)
+    r = _redis()
+    worker = Worker("bench-lat", **PREFORK).start()
+    try:
+        task = _task("bench-stamp", "date +%s.%N")
+        for _ in range(5):  # warm up
+            ex = launch(task)
+            _wait_row(ex)
+            _send_baseline(STAMP, "bench:lat:warm")
+            r.blpop("bench:lat:warm", timeout=30)
+        base, hub = [], []
+        for i in range(n):
+            key = f"bench:lat:{i}"
+            t0 = time.time()
+            _send_baseline(STAMP, key)
+            record = json.loads(r.blpop(key, timeout=30)[1])
+            base.append(float(record["stdout"]) - t0)
+            t0 = time.time()
+            ex = launch(task)
+            ex = _wait_row(ex)
+            hub.append(float(ex.stdout) - t0)
+    finally:
+        worker.stop()
+    ms = lambda v: v * 1000  # noqa: E731
+    b50, b99, h50, h99 = (ms(percentile(v, p)) for v, p in ((base, 50), (base, 99), (hub, 50), (hub, 99)))
+    print(f"   baseline p50 {b50:.1f} ms p99 {b99:.1f} ms; TaskHub p50 {h50:.1f} ms p99 {h99:.1f} ms")
+    details = {"n": n, "baseline_ms": [ms(v) for v in base], "taskhub_ms": [ms(v) for v in hub]}
+    return [
+        row(
+            f"dispatch latency p50 (launch → command started, {n} sequential)",
+            b50,
+            h50,
+            "≤ baseline + 5 ms",
+            h50 <= b50 + 5,
+            "ms",
+        ),
+        row("dispatch latency p99", b99, h99, "—", None, "ms"),
+    ], details
+
+
+def _wait_row(ex: TaskExecution, timeout: float = 30) -> TaskExecution:
+    deadline = time.monotonic() + timeout
+    while True:
+        row_ = TaskExecution.objects.filter(pk=ex.pk, finished_at__isnull=False).first()
+        if row_ is not None:
+            return row_
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"execution {ex.pk} did not finish")
+        time.sleep(0.002)
+
+
+# -- 3. deadline precision ---------------------------------------------------------------------------
+
+
+def _deadline_run(worker_kwargs: dict, n: int, label: str) -> tuple[list[float], dict]:
+    """Launch n commands with a 1 s timeout (every other one ignoring SIGTERM) and time their groups' end."""
+    stamp_dir = os.path.join(os.environ["TASKHUB_VAR_DIR"], f"stamps-{label}")
+    shutil.rmtree(stamp_dir, ignore_errors=True)  # ids start afresh with the database
+    os.makedirs(stamp_dir)
+    polite = _task(
+        f"bench-deadline-polite-{label}",
+        f"sh -c 'echo $$ $(date +%s.%N) > {stamp_dir}/$TASKHUB_EXECUTION_ID; sleep 30 & sleep 30; wait'",
+        timeout=1,
+        kill_grace=1,
+    )
+    stubborn = _task(
+        f"bench-deadline-stubborn-{label}",
+        f"sh -c 'trap \"\" TERM; echo $$ $(date +%s.%N) > {stamp_dir}/$TASKHUB_EXECUTION_ID; sleep 30 & sleep 30; wait'",
+        timeout=1,
+        kill_grace=1,
+    )
+    worker = Worker(f"bench-dl-{label}", **worker_kwargs).start()
+    lateness: list[float] = []
+    try:
+        launched = [(launch(stubborn if i % 2 else polite), bool(i % 2)) for i in range(n)]
+        pending = {ex.pk: ignores for ex, ignores in launched}
+        watched: dict[int, tuple[int, float, bool]] = {}  # pk -> (pgid, deadline epoch, ignores TERM)
+        give_up = time.monotonic() + 60 + n * 3 / worker_kwargs["concurrency"]
+        while (pending or watched) and time.monotonic() < give_up:
+            for pk in list(pending):
+                path = os.path.join(stamp_dir, str(pk))
+                try:
+                    with open(path) as fh:
+                        pgid, started = fh.read().split()
+                except (OSError, ValueError):
+                    continue
+                ignores = pending.pop(pk)
+                deadline = float(started) + 1 + (1 if ignores else 0)
+                watched[pk] = (int(pgid), deadline, ignores)
+            alive = _live_groups({pgid for pgid, _, _ in watched.values()}) if watched else set()
+            for pk, (pgid, deadline, _ignores) in list(watched.items()):
+                if pgid not in alive:
+                    lateness.append(time.time() - deadline)
+                    del watched[pk]
+            time.sleep(0.002)
+        _wait_all_tasks([polite, stubborn], n, 60)
+        statuses = _statuses(TaskExecution.objects.filter(task__in=[polite, stubborn]))
+    finally:
+        worker.stop()
+    return lateness, {"statuses": statuses, "missing": n - len(lateness)}
+
+
+def _live_groups(pgids: set[int]) -> set[int]:
+    """Which of these process groups still have a live (not zombie) member.
+
+    A killed process whose parent died first stays a zombie until PID 1
+    reaps it, which on some hosts takes a second or more; it runs no code
+    and holds no resources, so it does not count as alive.
+    """
+    alive = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z" and int(fields[2]) in pgids:
+            alive.add(int(fields[2]))
+    return alive
+
+
+def _statuses(qs) -> dict[str, int]:
+    return dict(qs.order_by().values_list("status").annotate(n=Count("id")))
+
+
+def _wait_all_tasks(tasks: list[Task], n: int, timeout: float) -> None:
+    wait_for(
+        lambda: TaskExecution.objects.filter(task__in=tasks, finished_at__isnull=False).count() >= n,
+        timeout=timeout,
+        what="deadline executions to finish",
+    )
+
+
+def deadline():
+    n = scaled(50, 10)
+    rows, details = [], {}
+    threads = {"pool": "threads", "concurrency": n, "env": {"TASKHUB_DB_POOL": "1"}}
+    for label, kwargs in (("prefork", PREFORK), ("threads", threads)):
+        late, info = _deadline_run(kwargs, n, label)
+        ms = [v * 1000 for v in late]
+        p50, p99, worst = percentile(ms, 50), percentile(ms, 99), max(ms) if ms else float("nan")
+        details[label] = {"lateness_ms": ms, **info}
+        print(f"   {label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms; {info}")
+        rows.append(
+            row(
+                f"deadline → group gone p99, {n} × 1 s timeout, half ignore SIGTERM ({label})",
+                None,
+                p99,
+                "< 100 ms",
+                p99 < 100 and not info["missing"],
+                "ms",
+            )
+        )
+    return rows, details
+
+
+# -- 4. retry timing ----------------------------------------------------------------------------------
+
+
+def retry():
+    runs = scaled(20, 5)
+    r = _redis()
+    worker = Worker("bench-retry", **PREFORK).start()
+    try:
+        task = _task("bench-retry", "false", retry_count=2, retry_delay=1, retry_backoff=1)
+        first = [launch(task) for _ in range(runs)]
+        for _ in range(runs):
+            _send_baseline(["false"], "bench:retry", fail_times=2, retry_delay=1, due=0)
+        wait_for(
+            lambda: TaskExecution.objects.filter(task=task, attempt=3, finished_at__isnull=False).count() >= runs,
+            timeout=120,
+            what="retries",
+        )
+        wait_for(lambda: r.llen("bench:retry") >= runs * 3, timeout=60, what="baseline retries")
+    finally:
+        worker.stop()
+    hub = [
+        (ex.started_at - ex.scheduled_for).total_seconds() * 1000
+        for ex in TaskExecution.objects.filter(task=task, attempt__gt=1)
+    ]
+    base = [
+        (rec["picked"] - rec["due"]) * 1000
+        for rec in (json.loads(x) for x in r.lrange("bench:retry", 0, -1))
+        if rec["retries"] > 0
+    ]
+    b99, h99 = percentile(base, 99), percentile(hub, 99)
+    print(
+        f"   {len(hub)} retries: TaskHub p50 {percentile(hub, 50):.0f} ms p99 {h99:.0f} ms; baseline p99 {b99:.0f} ms"
+    )
+    del first
+    return [
+        row(f"retry start − scheduled_for p99 ({len(hub)} retries)", b99, h99, "< 500 ms", h99 < 500, "ms"),
+    ], {"taskhub_ms": hub, "baseline_ms": base}
+
+
+# -- 5. concurrency -------------------------------------------------------------------------------------
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, fn, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.interval, self.peak, self.stop_flag = fn, interval, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            try:
+                self.peak = max(self.peak, self.fn())
+            except Exception:
+                pass
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self.stop_flag.set()
+        self.join()
+        return self.peak
+
+
+def concurrency():
+    n = scaled(1000, 20)
+    pool = os.environ.get("BENCH_CONCURRENCY_POOL", "threads")
+    # The pool setting documented for many long commands: threads, pooled connections.
+    env = {"TASKHUB_DB_POOL": "1"} if pool == "threads" else {}
+    worker = Worker("bench-many", pool=pool, concurrency=n, env=env).start()
+    try:
+        task = _task("bench-sleep", "sleep 5", timeout=60)
+        idle = worker.rss()
+        sampler = _Sampler(worker.rss)
+        sampler.start()
+        cpu0 = cpu_seconds(worker)
+        with Profiler(worker, "many") as prof:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                launch(task)
+            launched = time.perf_counter() - t0
+            _wait_all(task, n, 300)
+            wall = time.perf_counter() - t0
+        cpu = _cpu_per(cpu0, cpu_seconds(worker), n)
+        peak = sampler.stop()
+        print(f"   CPU ms per execution: {cpu}; profile: {json.dumps(prof.summary(), ensure_ascii=False)}")
+        statuses = _statuses(task.executions.all())
+    finally:
+        worker.stop()
+    mib = peak / 2**20
+    print(
+        f"   {n} × sleep 5 on one {pool} worker: {wall:.1f}s wall (launch {launched:.1f}s), peak RSS {mib:.0f} MiB, idle {idle / 2**20:.0f} MiB; {statuses}"
+    )
+    ok = statuses.get(Status.SUCCEEDED, 0) == n
+    return [
+        row(f"{n} concurrent `sleep 5`: wall time ({pool} pool)", None, wall, "< 15 s", wall < 15 and ok, "s"),
+        row(f"{n} concurrent `sleep 5`: worker memory", None, mib, "< 1024 MiB", mib < 1024, "MiB"),
+    ], {
+        "n": n,
+        "pool": pool,
+        "wall_s": wall,
+        "launch_s": launched,
+        "peak_rss_mib": mib,
+        "idle_rss_mib": idle / 2**20,
+        "statuses": statuses,
+    }
+
+
+# -- 6. output memory ---------------------------------------------------------------------------------------
+
+
+def output():
+    size = int(1e9 * min(SCALE, 1)) if SCALE < 1 else int(1e9)
+    r = _redis()
+    worker = Worker("bench-out", pool="prefork", concurrency=1).start()
+    command = f"head -c {size} /dev/zero"
+
+    def pool_rss() -> int:
+        return max(p.memory_info().rss for p in worker.processes()[1:])
+
+    try:
+        task = _task("bench-output", command, timeout=600)
+        ex = launch(task)  # warm the pool process up first
+        _wait_row(ex, 120)
+        results = {}
+        for side in ("baseline", "taskhub"):
+            before = pool_rss()
+            sampler = _Sampler(pool_rss, 0.02)
+            sampler.start()
+            t0 = time.perf_counter()
+            if side == "taskhub":
+                ex = _wait_row(launch(task), 300)
+            else:
+                _send_baseline(command.split(), "bench:out")
+                wait_for(lambda: r.llen("bench:out"), timeout=300, interval=0.05, what="baseline output run")
+            seconds = time.perf_counter() - t0
+            peak = sampler.stop()
+            results[side] = {"growth_mib": (peak - before) / 2**20, "seconds": seconds}
+        results["taskhub"]["stored_stdout_bytes"] = len(ex.stdout)
+        results["taskhub"]["status"] = ex.status
+    finally:
+        worker.stop()
+    b, h = results["baseline"]["growth_mib"], results["taskhub"]["growth_mib"]
+    print(f"   {size / 1e9:.1f} GB of output: baseline RSS +{b:.0f} MiB, TaskHub +{h:.0f} MiB ({results})")
+    return [
+        row(f"worker RSS growth, one command printing {size / 1e9:.1f} GB", b, h, "< 64 MiB", h < 64, "MiB")
+    ], results
+
+
+# -- 7. history at scale -------------------------------------------------------------------------------------
+
+
+def history():
+    from bench import history as hist
+
+    return hist.run(scaled(1_000_000, 10_000))

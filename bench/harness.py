@@ -1,0 +1,284 @@
+"""Set-up shared by the benchmarks: a database and a Redis db of their own, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+
+def _with_path(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def configure_environment() -> dict[str, str]:
+    """Point this process (and the workers it starts) at the benchmark's own database and Redis db.
+
+    BENCH_DATABASE (default taskhub_bench) is created afresh on the server of
+    DATABASE_URL; BENCH_REDIS_DB (default 10) is the Redis db used as broker
+    and for the baseline's reports, flushed first. Return what was chosen.
+    """
+    database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    broker_url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    if not database_url.startswith(("postgres://", "postgresql://")) or not broker_url.startswith("redis://"):
+        sys.exit("make bench needs DATABASE_URL=postgres://… and CELERY_BROKER_URL=redis://…")
+    name = os.environ.get("BENCH_DATABASE", "taskhub_bench")
+    redis_db = os.environ.get("BENCH_REDIS_DB", "10")
+    bench_db_url = _with_path(database_url, "/" + name)
+    bench_broker = _with_path(broker_url, "/" + redis_db)
+    var_dir = Path(os.environ.get("TASKHUB_VAR_DIR", ROOT / "var")) / "bench"
+    var_dir.mkdir(parents=True, exist_ok=True)
+
+    import psycopg
+    import redis
+
+    admin_url = _with_path(database_url, "/postgres")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    redis.Redis.from_url(bench_broker).flushdb()
+
+    os.environ.update(
+        DATABASE_URL=bench_db_url,
+        CELERY_BROKER_URL=bench_broker,
+        BENCH_REPORT_URL=bench_broker,
+        TASKHUB_VAR_DIR=str(var_dir),
+        DJANGO_SETTINGS_MODULE="config.settings",
+        PYTHONUNBUFFERED="1",
+    )
+    return {"database": name, "broker": bench_broker, "var_dir": str(var_dir), "admin_url": admin_url}
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Worker:
+    """A real `celery worker` subprocess running TaskHub's app plus the baseline task."""
+
+    def __init__(self, name: str, *, pool: str = "prefork", concurrency: int = 2, env: dict | None = None) -> None:
+        self.name = name
+        self.pool = pool
+        self.concurrency = concurrency
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = Path(os.environ["TASKHUB_VAR_DIR"]) / f"worker-{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        argv = [
+            sys.executable, CELERY, "-A", "bench.celeryapp", "worker", "--loglevel", "WARNING",
+            "--hostname", f"{self.name}@%h", "-Q", "default", "--pool", self.pool,
+            "--concurrency", str(self.concurrency), "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        from config.celery import app
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            return bool(app.control.ping(destination=[self.hostname], timeout=0.5))
+
+        try:
+            wait_for(answers, timeout=60, interval=0.2, what=f"worker {self.name}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def hostname(self) -> str:
+        import socket
+
+        return f"{self.name}@{socket.gethostname()}"
+
+    def processes(self) -> list:
+        """The worker's Python processes (main and pool), without the commands they run."""
+        import psutil
+
+        main = psutil.Process(self.proc.pid)
+        return [main, *(c for c in main.children() if "python" in c.name().lower() or "celery" in c.name().lower())]
+
+    def rss(self, include_watchers: bool = True) -> int:
+        """Resident memory of the worker's processes (and their group watchers), bytes."""
+        import psutil
+
+        total = 0
+        main = psutil.Process(self.proc.pid)
+        for proc in [main, *main.children(recursive=True)]:
+            try:
+                cmdline = proc.cmdline()
+                if not cmdline or "python" not in os.path.basename(cmdline[0]):
+                    continue  # a command the worker runs, not the worker
+                if not include_watchers and "-c" in cmdline:
+                    continue
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self._log.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def cpu_seconds(worker: Worker | None = None) -> dict[str, float]:
+    """CPU seconds used so far by PostgreSQL, Redis, this process and the worker's Python processes.
+
+    PostgreSQL and Redis are counted whole (every backend on the machine), so
+    other load on the same servers shows up here too.
+    """
+    import psutil
+
+    totals = {"postgres": 0.0, "redis": 0.0, "bench": 0.0, "worker": 0.0}
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        key = "postgres" if name.startswith("postgres") else "redis" if name.startswith("redis") else None
+        if key is None:
+            continue
+        try:
+            t = proc.cpu_times()
+            totals[key] += t.user + t.system
+        except psutil.Error:
+            continue
+    me = psutil.Process().cpu_times()
+    totals["bench"] = me.user + me.system
+    if worker is not None:
+        for proc in worker.processes():
+            try:
+                t = proc.cpu_times()
+                totals["worker"] += t.user + t.system
+            except psutil.Error:
+                continue
+    return totals
+
+
+class Profiler:
+    """py-spy sampling the worker and its pool processes (BENCH_PROFILE=1), summarised by function."""
+
+    def __init__(self, worker: Worker, label: str) -> None:
+        self.worker = worker
+        self.path = Path(os.environ["TASKHUB_VAR_DIR"]) / f"profile-{label}.txt"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Profiler:
+        if os.environ.get("BENCH_PROFILE") == "1":
+            spy = str(Path(sys.executable).with_name("py-spy"))
+            self.proc = subprocess.Popen(
+                [spy, "record", "-p", str(self.worker.proc.pid), "--subprocesses", "--nonblocking", "--gil",
+                 "-r", "100", "-f", "raw", "-o", str(self.path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)  # let it attach
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(60)
+
+    def summary(self, top: int = 15) -> dict[str, object] | None:
+        """Share of samples per function (self time) and per layer (inclusive), for pool processes."""
+        if self.proc is None or not self.path.exists():
+            return None
+        own: dict[str, int] = {}
+        layers: dict[str, int] = {}
+        total = 0
+        for line in self.path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            if any("_poll" in f or "select (selectors" in f or "wait (" in f for f in frames[-2:]):
+                continue  # idle: waiting for work or for the command
+            total += n
+            leaf = frames[-1]
+            own[leaf] = own.get(leaf, 0) + n
+            seen = set()
+            for frame in frames:
+                layer = _layer(frame)
+                if layer and layer not in seen:
+                    seen.add(layer)
+                    layers[layer] = layers.get(layer, 0) + n
+        if not total:
+            return None
+        pct = lambda v: round(100 * v / total, 1)  # noqa: E731
+        return {
+            "samples": total,
+            "layers_pct": {k: pct(v) for k, v in sorted(layers.items(), key=lambda kv: -kv[1])},
+            "top_self_pct": {k: pct(v) for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]},
+        }
+
+
+LAYERS = (
+    ("runner (fork/exec, pipes, wait)", ("executions/runner.py",)),
+    ("subprocess", ("subprocess.py",)),
+    ("Django ORM", ("django/db/models",)),
+    ("database driver", ("psycopg/",)),
+    ("kombu/redis", ("kombu/", "redis/")),
+    ("celery tracing/events", ("celery/app/trace.py", "celery/events")),
+    ("TaskHub services", ("executions/services.py",)),
+)
+
+
+def _layer(frame: str) -> str | None:
+    for name, needles in LAYERS:
+        if any(n in frame for n in needles):
+            return name
+    return None
