@@ -26,6 +26,9 @@ from executions.services import finish_and_plan_retry, send
 logger = logging.getLogger("executions")
 
 BATCH = 500
+# How far back a starting worker looks for its own lost executions whose
+# commands might still run.
+LOST_LOOKBACK = timedelta(days=1)
 
 
 def _retry_if_planned(outcome) -> None:
@@ -128,11 +131,25 @@ def _process_is_execution(pid: int, execution_id: int) -> bool:
         return False
 
 
+def _stop_group_if_ours(execution: TaskExecution) -> None:
+    # The pid may have been reused since: kill only a process that carries
+    # this execution's id in its environment (then it leads the group).
+    if execution.pid and _process_is_execution(execution.pid, execution.pk):
+        try:
+            os.killpg(execution.pid, signal.SIGKILL)
+            logger.warning("Killed process group %s left by execution %s.", execution.pid, execution.pk)
+        except OSError:
+            pass
+
+
 def recover_host(worker: str, *, started_before: datetime) -> int:
     """Stop and mark lost what a previous life of ``worker`` left running; return how many.
 
     Only rows claimed before ``started_before`` (when this life began) are
     taken: anything this life has claimed since is running here and now.
+    The process groups of this worker's recently lost executions (marked
+    lost by the reaper while it was away) are stopped too, should any of
+    their commands have outlived the worker.
     """
     leftovers = list(
         TaskExecution.objects.filter(
@@ -140,14 +157,22 @@ def recover_host(worker: str, *, started_before: datetime) -> int:
         ).select_related("task")
     )
     for execution in leftovers:
-        if execution.pid and _process_is_execution(execution.pid, execution.pk):
-            try:
-                os.killpg(execution.pid, signal.SIGKILL)
-                logger.warning("Killed process group %s left by execution %s.", execution.pid, execution.pk)
-            except OSError:
-                pass
+        _stop_group_if_ours(execution)
         error = f"Lost: worker {worker} restarted while the command was running."
         outcome = finish_and_plan_retry(execution, Status.LOST, {"error": error}, retryable=True)
         if execution.status == Status.LOST:
             _retry_if_planned(outcome)
+    earlier = (
+        TaskExecution.objects.filter(
+            status=Status.LOST,
+            worker=worker,
+            pid__isnull=False,
+            started_at__lt=started_before,
+            finished_at__gte=started_before - LOST_LOOKBACK,
+        )
+        .only("pk", "pid")
+        .order_by("-id")[:BATCH]
+    )
+    for execution in earlier:
+        _stop_group_if_ours(execution)
     return len(leftovers)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import uuid
 from datetime import timedelta
 
@@ -12,7 +15,7 @@ from django.utils.timezone import now
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from executions.models import Status, TaskExecution, Trigger
-from executions.recovery import reap_lost, reconcile_pending
+from executions.recovery import reap_lost, reconcile_pending, recover_host
 from executions.services import HANDED_BACK, finish_and_plan_retry, send
 from tests.conftest import purge_broker
 
@@ -149,3 +152,46 @@ def test_a_handed_back_attempt_is_run_again_even_when_the_task_has_no_retries(ma
 
     assert outcome.next_execution is not None
     assert TaskExecution.objects.filter(run_id=first.run_id).count() == 2
+
+
+def _sleeper(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A process leading its own group, as the runner starts commands."""
+    return subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"], **env}, start_new_session=True)
+
+
+def test_a_starting_worker_kills_what_its_previous_life_left_but_only_processes_that_are_really_ours(make_task):
+    task = make_task(retry_count=1, retry_delay=0)
+    booted = now()
+    running = row(task, status=Status.RUNNING, worker="w@host", started_at=booted - timedelta(minutes=1))
+    reaped = row(
+        task, status=Status.LOST, worker="w@host", started_at=booted - timedelta(minutes=5),
+        finished_at=booted - timedelta(minutes=2), error="Lost: worker w@host stopped answering.",
+    )  # fmt: skip
+    impostor = row(task, status=Status.LOST, worker="w@host", started_at=booted - timedelta(minutes=5),
+                   finished_at=booted - timedelta(minutes=2))  # fmt: skip
+    claimed_since = row(task, status=Status.RUNNING, worker="w@host", started_at=booted + timedelta(seconds=1))
+    procs = {
+        running.pk: _sleeper({"TASKHUB_EXECUTION_ID": str(running.pk)}),
+        reaped.pk: _sleeper({"TASKHUB_EXECUTION_ID": str(reaped.pk)}),
+        impostor.pk: _sleeper({"TASKHUB_EXECUTION_ID": "someone-else"}),  # the pid, reused by another process
+        claimed_since.pk: _sleeper({"TASKHUB_EXECUTION_ID": str(claimed_since.pk)}),
+    }
+    try:
+        for execution in (running, reaped, impostor, claimed_since):
+            TaskExecution.objects.filter(pk=execution.pk).update(pid=procs[execution.pk].pid)
+
+        assert recover_host("w@host", started_before=booted) == 1
+
+        assert procs[running.pk].wait(5) == -signal.SIGKILL
+        assert procs[reaped.pk].wait(5) == -signal.SIGKILL
+        assert procs[impostor.pk].poll() is None  # not ours: left alone
+        assert procs[claimed_since.pk].poll() is None  # this life's own: left alone
+        running.refresh_from_db()
+        claimed_since.refresh_from_db()
+        assert running.status == Status.LOST and "worker w@host restarted" in running.error
+        assert TaskExecution.objects.get(run_id=running.run_id, attempt=2).status == Status.PENDING
+        assert claimed_since.status == Status.RUNNING
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
