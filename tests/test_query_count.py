@@ -89,3 +89,25 @@ def test_launching_costs_one_insert(make_task):
         launch(task)
 
     assert statements(ctx) == ["INSERT"], ctx.captured_queries
+
+
+def test_loading_an_execution_for_its_run_gives_what_the_orm_gives_in_one_select(make_task):
+    from django.forms.models import model_to_dict
+
+    from executions.services import load_for_run
+
+    task = make_task(command="echo hi", env={"GREETING": "hello"})
+    execution = pending_row(task)
+    expected = TaskExecution.objects.select_related("task").get(pk=execution.pk)
+
+    with CaptureQueriesContext(connection) as ctx:
+        loaded = load_for_run(execution.pk)
+        task_name = loaded.task.name  # no second query for the task
+
+    assert statements(ctx) == ["SELECT"]
+    assert model_to_dict(loaded) == model_to_dict(expected)
+    assert model_to_dict(loaded.task) == model_to_dict(expected.task)
+    assert loaded.run_id == expected.run_id and loaded.task.env == {"GREETING": "hello"}
+    assert loaded.created_at == expected.created_at and task_name == task.name
+    with pytest.raises(TaskExecution.DoesNotExist):
+        load_for_run(execution.pk + 1000)
