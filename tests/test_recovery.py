@@ -9,6 +9,7 @@ on a spare port (tests/servers.py), never the shared ones.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -341,11 +342,13 @@ def own_postgres():
         cluster.remove()
 
 
-def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_the_worker_carries_on(
+def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_worker_and_beat_carry_on(
     celery_processes, markers, own_postgres
 ):
     cluster, url = own_postgres
-    worker = celery_processes(concurrency=2, env={"DATABASE_URL": url, "TASKHUB_LOST_AFTER": "60"})
+    env = {"DATABASE_URL": url, "TASKHUB_LOST_AFTER": "60", "TASKHUB_REQUEUE_AFTER": "4"}
+    worker = celery_processes(concurrency=2, env=env)
+    beat = celery_processes.beat(env=env)
     task = Task.objects.using("fault").create(
         name="through-an-outage",
         command="""sh -c 'mktemp "$MARKERS/$TASKHUB_EXECUTION_ID.XXXXXX" >/dev/null; sleep 2'""",
@@ -362,7 +365,7 @@ def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_the_worke
             scheduled_for=now(),
             enqueued_at=now(),
             celery_task_id=str(uuid.uuid4()),
-        )  # fmt: skip
+        )
         for _ in range(8)
     ]
     for execution in executions:
@@ -378,9 +381,19 @@ def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_the_worke
         what="the worker to retry the final writes",
     )
     cluster.start()
+    beat_seen, worker_seen = len(beat.log()), len(worker.log())
 
     rows = all_terminal(TaskExecution.objects.using("fault").filter(task=task), 8, timeout=90)
     assert_each_attempt_ran_at_most_once_and_every_run_succeeded_once(rows, markers.runs())
     assert {r.status for r in rows} == {Status.SUCCEEDED}
     assert len(rows) == 8
-    assert worker.proc.poll() is None  # the worker survived
+    # Both survived, and the recovery checks run again.
+    wait_for(
+        lambda: (
+            "Sending due task taskhub-recover" in beat.log()[beat_seen:]
+            and re.search(r"Task executions\.recover\[[^\]]+\] succeeded", worker.log()[worker_seen:])
+        ),
+        timeout=20,
+        what="beat to send and the worker to run a recovery check after the restart",
+    )
+    assert worker.proc.poll() is None and beat.proc.poll() is None
