@@ -116,6 +116,15 @@ def _finished_count(task: Task) -> int:
 
 
 def _wait_all(task: Task, n: int, timeout: float) -> None:
+    # Watch the newest row by its primary key (one index probe), then count
+    # once: counting every 50 ms would itself load PostgreSQL while it is measured.
+    last = TaskExecution.objects.filter(task=task).order_by("-id").values_list("pk", flat=True).first()
+    wait_for(
+        lambda: TaskExecution.objects.filter(pk=last, finished_at__isnull=False).exists(),
+        timeout=timeout,
+        interval=0.02,
+        what=f"the last execution of {task}",
+    )
     wait_for(lambda: _finished_count(task) >= n, timeout=timeout, interval=0.05, what=f"{n} executions of {task}")
 
 
@@ -443,7 +452,7 @@ def concurrency():
     try:
         task = _task("bench-sleep", "sleep 5", timeout=60)
         idle = worker.rss()
-        sampler = _Sampler(worker.rss)
+        sampler = _Sampler(worker.rss, 0.5)  # each sample walks a thousand processes
         sampler.start()
         cpu0 = cpu_seconds(worker)
         with Profiler(worker, "many") as prof:

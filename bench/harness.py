@@ -140,6 +140,8 @@ class Worker:
         main = psutil.Process(self.proc.pid)
         for proc in [main, *main.children(recursive=True)]:
             try:
+                if "python" not in proc.name() and "celery" not in proc.name():
+                    continue  # a command the worker runs (cheap check first: there may be a thousand)
                 cmdline = proc.cmdline()
                 if not cmdline or "python" not in os.path.basename(cmdline[0]):
                     continue  # a command the worker runs, not the worker
