@@ -18,7 +18,7 @@ from django.db.models import Max
 from django.utils.timezone import now
 
 from executions import supervisor
-from executions.models import RETRYABLE, Status, TaskExecution, Trigger
+from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger
 from executions.runner import CommandSpec, Hooks, OutputBuffer, RunResult, build_env, run_command
 from executions.worker import shutdown_grace_expired
 
@@ -224,7 +224,56 @@ class _ExecutionHooks(Hooks):
         return cancel_requested_at is not None or status != Status.RUNNING
 
 
-_load_for_run_plan: tuple[str, list, int] | None = None
+@dataclass
+class _RowPlan:
+    """The columns of an execution and its task, and how to turn raw values into models."""
+
+    execution_columns: str
+    task_columns: str
+    converters: list
+    split: int
+
+
+_row_plan_cache: _RowPlan | None = None
+
+
+def _row_plan() -> _RowPlan:
+    from taskhub.models import Task
+
+    global _row_plan_cache
+    if _row_plan_cache is None:
+        q = connection.ops.quote_name
+        fields = [*TaskExecution._meta.concrete_fields, *Task._meta.concrete_fields]
+        # What the ORM applies to raw values (e.g. JSON for Task.env, UUID for run_id).
+        cols = [f.get_col(f.model._meta.db_table) for f in fields]
+        converters = [
+            (i, col, [*connection.ops.get_db_converters(col), *col.get_db_converters(connection)])
+            for i, col in enumerate(cols)
+        ]
+        _row_plan_cache = _RowPlan(
+            execution_columns=", ".join(f"e.{q(f.column)}" for f in TaskExecution._meta.concrete_fields),
+            task_columns=", ".join(f"t.{q(f.column)}" for f in Task._meta.concrete_fields),
+            converters=[c for c in converters if c[2]],
+            split=len(TaskExecution._meta.concrete_fields),
+        )
+    return _row_plan_cache
+
+
+def _build_execution(row: tuple) -> TaskExecution:
+    from taskhub.models import Task
+
+    plan = _row_plan()
+    values = list(row)
+    for i, col, funcs in plan.converters:
+        for func in funcs:
+            values[i] = func(values[i], col, connection)
+    execution = TaskExecution.from_db(
+        connection.alias, [f.attname for f in TaskExecution._meta.concrete_fields], values[: plan.split]
+    )
+    execution.task = Task.from_db(
+        connection.alias, [f.attname for f in Task._meta.concrete_fields], values[plan.split :]
+    )
+    return execution
 
 
 def load_for_run(execution_id: int) -> TaskExecution:
@@ -238,39 +287,50 @@ def load_for_run(execution_id: int) -> TaskExecution:
     """
     from taskhub.models import Task
 
-    global _load_for_run_plan
-    if _load_for_run_plan is None:
-        q = connection.ops.quote_name
-        fields = [*TaskExecution._meta.concrete_fields, *Task._meta.concrete_fields]
-        columns = [f"e.{q(f.column)}" for f in TaskExecution._meta.concrete_fields]
-        columns += [f"t.{q(f.column)}" for f in Task._meta.concrete_fields]
-        sql = (
-            f"SELECT {', '.join(columns)} FROM {q(TaskExecution._meta.db_table)} e "
-            f"JOIN {q(Task._meta.db_table)} t ON t.{q(Task._meta.pk.column)} = e.{q('task_id')} "
-            f"WHERE e.{q(TaskExecution._meta.pk.column)} = %s"
-        )
-        # What the ORM applies to raw values (e.g. JSON for Task.env, UUID for run_id).
-        cols = [f.get_col(f.model._meta.db_table) for f in fields]
-        converters = [
-            (i, col, [*connection.ops.get_db_converters(col), *col.get_db_converters(connection)])
-            for i, col in enumerate(cols)
-        ]
-        _load_for_run_plan = (sql, [c for c in converters if c[2]], len(TaskExecution._meta.concrete_fields))
-    sql, converters, n = _load_for_run_plan
+    plan = _row_plan()
+    q = connection.ops.quote_name
+    sql = (
+        f"SELECT {plan.execution_columns}, {plan.task_columns} FROM {q(TaskExecution._meta.db_table)} e "
+        f"JOIN {q(Task._meta.db_table)} t ON t.{q(Task._meta.pk.column)} = e.{q('task_id')} "
+        f"WHERE e.{q(TaskExecution._meta.pk.column)} = %s"
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, [execution_id])
         row = cursor.fetchone()
     if row is None:
         raise TaskExecution.DoesNotExist(f"Execution {execution_id} does not exist.")
-    values = list(row)
-    for i, col, funcs in converters:
-        for func in funcs:
-            values[i] = func(values[i], col, connection)
-    execution = TaskExecution.from_db(
-        connection.alias, [f.attname for f in TaskExecution._meta.concrete_fields], values[:n]
+    return _build_execution(row)
+
+
+def claim_and_load(execution_id: int, *, worker: str, celery_task_id: str, due_by: datetime) -> TaskExecution | None:
+    """Claim a pending, due row and load it with its task, in one statement (PostgreSQL).
+
+    The same conditional update as ``TaskExecution.claim`` (which SQLite
+    uses, followed by ``load_for_run``), with ``RETURNING`` handing back the
+    claimed row: one round trip instead of two on every execution. Return
+    None when the row was not pending and due (nothing is changed then).
+    """
+    from taskhub.models import Task
+
+    plan = _row_plan()
+    q = connection.ops.quote_name
+    sql = (
+        f"UPDATE {q(TaskExecution._meta.db_table)} e SET {q('status')} = %s, {q('started_at')} = %s, "
+        f"{q('heartbeat_at')} = %s, {q('worker')} = %s, {q('celery_task_id')} = %s "
+        f"FROM {q(Task._meta.db_table)} t "
+        f"WHERE e.{q('id')} = %s AND e.{q('status')} = %s AND e.{q('scheduled_for')} <= %s "
+        f"AND t.{q(Task._meta.pk.column)} = e.{q('task_id')} "
+        f"RETURNING {plan.execution_columns}, {plan.task_columns}"
     )
-    execution.task = Task.from_db(connection.alias, [f.attname for f in Task._meta.concrete_fields], values[n:])
-    return execution
+    at = now()
+    params = [
+        Status.RUNNING.value, at, at, worker, celery_task_id,
+        execution_id, Status.PENDING.value, due_by + CLAIM_CLOCK_TOLERANCE,
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else _build_execution(row)
 
 
 def command_env(execution: TaskExecution) -> dict[str, str]:
@@ -339,6 +399,14 @@ def finish_and_plan_retry(
     """
     outcome = Outcome(execution=execution, handed_back=handed_back)
     previous_status = execution.status
+    if not handed_back and not (retryable and status in RETRYABLE):
+        # No next attempt can follow (succeeded, cancelled, could not start):
+        # the outcome is one conditional UPDATE, no transaction block around it.
+        if not execution.finish(status, **fields):
+            logger.warning(
+                "Execution %s was no longer running when it finished; outcome %s not recorded.", execution.pk, status
+            )
+        return outcome
     try:
         with transaction.atomic():
             if not execution.finish(status, **fields):
@@ -393,15 +461,22 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
     at = now()
     # A connection broken by a database restart fails the first query; the
     # retry reconnects, so the first message after an outage is not wasted.
-    claimed = with_db_retry(
-        f"claiming execution {execution_id}",
-        lambda: TaskExecution.claim(execution_id, worker=worker, celery_task_id=celery_task_id, due_by=at),
-        deadline=time.monotonic() + CLAIM_DB_RETRY,
-    )
-    if not claimed:
+    if connection.vendor == "postgresql":
+        execution = with_db_retry(
+            f"claiming execution {execution_id}",
+            lambda: claim_and_load(execution_id, worker=worker, celery_task_id=celery_task_id, due_by=at),
+            deadline=time.monotonic() + CLAIM_DB_RETRY,
+        )
+    else:
+        claimed = with_db_retry(
+            f"claiming execution {execution_id}",
+            lambda: TaskExecution.claim(execution_id, worker=worker, celery_task_id=celery_task_id, due_by=at),
+            deadline=time.monotonic() + CLAIM_DB_RETRY,
+        )
+        execution = load_for_run(execution_id) if claimed else None
+    if execution is None:
         _explain_unclaimed(execution_id, at)
         return None
-    execution = load_for_run(execution_id)
     stop_at_shutdown: _StopAtShutdown | None = None
     try:
         spec = spec_for(execution)

@@ -27,7 +27,7 @@ def pending_row(task) -> TaskExecution:
     return TaskExecution.objects.create(task=task, status=Status.PENDING)
 
 
-def test_a_short_successful_execution_costs_five_statements_on_the_worker(make_task, settings):
+def test_a_short_successful_execution_costs_two_statements_on_the_worker(make_task, settings):
     task = make_task(command="true")
     execution = pending_row(task)
 
@@ -36,10 +36,10 @@ def test_a_short_successful_execution_costs_five_statements_on_the_worker(make_t
 
     execution.refresh_from_db()
     assert outcome is not None and execution.status == Status.SUCCEEDED
-    # Claim (UPDATE), load the row with its task (SELECT), then the outcome
-    # (BEGIN, UPDATE, COMMIT: the transaction that would also hold a retry row).
+    # Claim and load the row with its task (UPDATE … RETURNING), then the
+    # outcome (UPDATE; no transaction: no retry row can follow a success).
     # No heartbeat and no cancel check: the command ended before the first tick.
-    assert statements(ctx) == ["UPDATE", "SELECT", "BEGIN", "UPDATE", "COMMIT"], ctx.captured_queries
+    assert statements(ctx) == ["UPDATE", "UPDATE"], ctx.captured_queries
 
 
 def test_a_failed_execution_with_a_retry_adds_only_the_next_attempts_insert(make_task):
@@ -50,7 +50,7 @@ def test_a_failed_execution_with_a_retry_adds_only_the_next_attempts_insert(make
         outcome = execute(execution.pk, worker="w1", celery_task_id="c1")
 
     assert outcome is not None and outcome.next_execution is not None
-    assert statements(ctx) == ["UPDATE", "SELECT", "BEGIN", "UPDATE", "INSERT", "COMMIT"], ctx.captured_queries
+    assert statements(ctx) == ["UPDATE", "BEGIN", "UPDATE", "INSERT", "COMMIT"], ctx.captured_queries
 
 
 def test_a_duplicate_message_costs_the_claim_and_one_look_at_the_row(make_task):
@@ -76,10 +76,10 @@ def test_a_command_running_past_several_ticks_writes_one_heartbeat_per_tick_and_
 
     kinds = statements(ctx)
     # Ticks at 0.4 s and 0.8 s: two heartbeat UPDATEs and two cancel SELECTs
-    # on top of the five statements every execution costs.
+    # on top of the two statements every execution costs.
     assert kinds.count("UPDATE") == 2 + 2, ctx.captured_queries
-    assert kinds.count("SELECT") == 1 + 2, ctx.captured_queries
-    assert len(kinds) == 5 + 4
+    assert kinds.count("SELECT") == 2, ctx.captured_queries
+    assert len(kinds) == 2 + 4
 
 
 def test_launching_costs_one_insert(make_task):
@@ -111,3 +111,38 @@ def test_loading_an_execution_for_its_run_gives_what_the_orm_gives_in_one_select
     assert loaded.created_at == expected.created_at and task_name == task.name
     with pytest.raises(TaskExecution.DoesNotExist):
         load_for_run(execution.pk + 1000)
+
+
+def test_claiming_and_loading_in_one_statement_gives_what_the_orm_gives(make_task):
+    from django.forms.models import model_to_dict
+    from django.utils.timezone import now
+
+    from executions.services import claim_and_load
+
+    task = make_task(command="echo hi", env={"GREETING": "hello"})
+    execution = pending_row(task)
+
+    with CaptureQueriesContext(connection) as ctx:
+        claimed = claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now())
+
+    expected = TaskExecution.objects.select_related("task").get(pk=execution.pk)
+    assert statements(ctx) == ["UPDATE"]
+    assert expected.status == Status.RUNNING and expected.worker == "w1"
+    assert model_to_dict(claimed) == model_to_dict(expected)
+    assert model_to_dict(claimed.task) == model_to_dict(expected.task)
+    assert claimed.started_at == expected.started_at and claimed.task.env == {"GREETING": "hello"}
+    # Claimed once: a second claim finds it running and changes nothing.
+    assert claim_and_load(execution.pk, worker="w2", celery_task_id="c2", due_by=now()) is None
+    assert TaskExecution.objects.get(pk=execution.pk).worker == "w1"
+
+
+def test_claiming_and_loading_leaves_a_row_that_is_not_due_alone(make_task):
+    from datetime import timedelta
+
+    from django.utils.timezone import now
+
+    from executions.services import claim_and_load
+
+    later = TaskExecution.objects.create(task=make_task(), scheduled_for=now() + timedelta(minutes=5))
+    assert claim_and_load(later.pk, worker="w1", celery_task_id="c1", due_by=now()) is None
+    assert TaskExecution.objects.get(pk=later.pk).status == Status.PENDING
