@@ -30,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
+from executions.runner import processes_with_env
+
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))
 EXECUTIONS = int(os.environ.get("SOAK_EXECUTIONS", "10000"))
@@ -98,21 +100,7 @@ class Proc:
 
 def _soak_processes() -> list[int]:
     """Live processes started for the soak's task (found by TASKHUB_TASK in their environment)."""
-    marker = f"TASKHUB_TASK={TASK_NAME}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if marker not in fh.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return processes_with_env("TASKHUB_TASK", TASK_NAME)
 
 
 def _runs_command(pool_process) -> bool:

@@ -134,6 +134,25 @@ def build_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def processes_with_env(name: str, value: str) -> list[int]:
+    """PIDs of live (not zombie) processes whose environment holds ``name=value`` (Linux /proc)."""
+    marker = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if marker not in fh.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
 # -- the watcher: kills registered groups when this process dies -----------------
 
 _WATCHER_SOURCE = r"""

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 
+from executions.runner import processes_with_env
 from taskhub.models import Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,17 +290,15 @@ def group_members(pgid: int) -> list[int]:
 
 def processes_of_execution(execution_id: int) -> list[int]:
     """PIDs of live processes started for an execution (found by TASKHUB_EXECUTION_ID in their environment)."""
-    marker = f"TASKHUB_EXECUTION_ID={execution_id}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if marker in fh.read().split(b"\0"):
-                    with open(f"/proc/{entry}/stat") as st:
-                        if st.read().rsplit(")", 1)[1].split()[0] != "Z":
-                            found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return processes_with_env("TASKHUB_EXECUTION_ID", str(execution_id))
+
+
+def finished(execution, timeout: float = 30):
+    """Wait until ``execution`` is in a terminal status; return it refreshed."""
+
+    def done():
+        execution.refresh_from_db()
+        return execution.is_terminal
+
+    wait_for(done, timeout=timeout, what=f"execution {execution.pk} to finish")
+    return execution

@@ -14,18 +14,9 @@ from django.db import connection
 
 from executions.models import Status, TaskExecution
 from taskhub.services import launch
-from tests.conftest import group_members, processes_of_execution, wait_for
+from tests.conftest import finished, group_members, processes_of_execution, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def finished(execution: TaskExecution, timeout: float = 30) -> TaskExecution:
-    def done():
-        execution.refresh_from_db()
-        return execution.is_terminal
-
-    wait_for(done, timeout=timeout, what=f"execution {execution.pk} to finish")
-    return execution
 
 
 def connections_to_test_database() -> int:

@@ -13,20 +13,11 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from executions.models import Status, TaskExecution, Trigger
 from executions.tasks import run_execution
 from taskhub.services import launch
-from tests.conftest import group_members, processes_of_execution, wait_for
+from tests.conftest import finished, group_members, processes_of_execution, wait_for
 
 PY = sys.executable
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def finished(execution: TaskExecution, timeout: float = 30) -> TaskExecution:
-    def done():
-        execution.refresh_from_db()
-        return execution.is_terminal
-
-    wait_for(done, timeout=timeout, what=f"execution {execution.pk} to finish")
-    return execution
 
 
 def run_attempts(run_id, count: int, timeout: float = 60) -> list[TaskExecution]:
