@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import connections, models, router
 from django.utils.timezone import now
 
 
@@ -175,7 +175,7 @@ class TaskExecution(models.Model):
         """
         if new_status not in TRANSITIONS[self.status]:
             raise InvalidTransition(self, new_status)
-        updated = TaskExecution.objects.filter(pk=self.pk, status=self.status).update(status=new_status, **fields)
+        updated = self._conditional_update({"status": new_status, **fields})
         if not updated:
             # Someone else moved the row first (claim, cancel, reaper): theirs stands.
             return False
@@ -183,6 +183,53 @@ class TaskExecution(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
         return True
+
+    def insert(self) -> None:
+        """Save this new row with one ``INSERT … RETURNING id`` and set its id.
+
+        What ``save()`` does for a new row (each field's ``pre_save`` and
+        ``get_db_prep_save``), without compiling the statement every time:
+        every launch goes through here. Model signals are not sent.
+        """
+        conn = connections[router.db_for_write(TaskExecution)]
+        if not conn.features.can_return_columns_from_insert:
+            self.save(force_insert=True)
+            return
+        q = conn.ops.quote_name
+        fields = [f for f in self._meta.concrete_fields if f is not self._meta.pk]
+        sql = (
+            f"INSERT INTO {q(self._meta.db_table)} ({', '.join(q(f.column) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {q(self._meta.pk.column)}"
+        )
+        params = [f.get_db_prep_save(f.pre_save(self, True), conn) for f in fields]
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            self.pk = cursor.fetchone()[0]
+        self._state.adding = False
+        self._state.db = conn.alias
+
+    def _conditional_update(self, values: dict[str, object]) -> int:
+        """``UPDATE … SET values WHERE id = pk AND status = <this instance's status>``; return the rows changed.
+
+        The same statement ``filter(pk=…, status=…).update(…)`` produces, sent
+        directly: every execution finishes through here, and the ORM spends
+        more CPU compiling that UPDATE (about 0.9 ms) than the database does
+        running it. Values go through each field's own ``get_db_prep_save``.
+        """
+        conn = connections[router.db_for_write(TaskExecution)]
+        q = conn.ops.quote_name
+        assignments, params = [], []
+        for name, value in values.items():
+            field = self._meta.get_field(name)
+            assignments.append(f"{q(field.column)} = %s")
+            params.append(field.get_db_prep_save(value, conn))
+        sql = (
+            f"UPDATE {q(self._meta.db_table)} SET {', '.join(assignments)} "
+            f"WHERE {q(self._meta.pk.column)} = %s AND {q('status')} = %s"
+        )
+        with conn.cursor() as cursor:
+            cursor.execute(sql, [*params, self.pk, self.status])
+            return cursor.rowcount
 
     @classmethod
     def claim(cls, pk: int, *, worker: str, celery_task_id: str, due_by: datetime | None = None) -> bool:

@@ -34,7 +34,7 @@ def launch(
     # commits at once (one round trip instead of BEGIN/INSERT/COMMIT) and the
     # message goes out right after; inside a caller's transaction, on_commit
     # still holds the message until that commits.
-    execution = TaskExecution.objects.create(
+    execution = TaskExecution(
         task=task,
         run_id=uuid.uuid4(),
         attempt=1,
@@ -46,7 +46,7 @@ def launch(
         celery_task_id=str(uuid.uuid4()),
         created_at=at,
     )
-    execution.task = task
+    execution.insert()
     if will_send:
         execution_services.send_on_commit(execution)
     return execution

@@ -224,8 +224,11 @@ def test_the_next_attempt_shares_the_run_and_is_due_after_the_delay(execution):
 
 
 def test_launching_creates_a_pending_first_attempt(make_task, operator):
-    execution = launch(make_task(), user=operator)
-    execution.refresh_from_db()
+    launched = launch(make_task(), user=operator)
+    execution = TaskExecution.objects.get(pk=launched.pk)
+    for field in ("run_id", "scheduled_for", "enqueued_at", "created_at", "celery_task_id", "task_id"):
+        assert getattr(execution, field) == getattr(launched, field), field
+    assert (execution.stdout, execution.error, execution.output_truncated, execution.exit_code) == ("", "", False, None)
     assert (execution.status, execution.attempt, execution.trigger) == (Status.PENDING, 1, "manual")
     assert execution.triggered_by == operator
     assert execution.enqueued_at is not None and execution.celery_task_id
