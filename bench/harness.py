@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 
-def _with_path(url: str, path: str) -> str:
+def with_path(url: str, path: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
@@ -33,15 +33,15 @@ def configure_environment() -> dict[str, str]:
         sys.exit("make bench needs DATABASE_URL=postgres://… and CELERY_BROKER_URL=redis://…")
     name = os.environ.get("BENCH_DATABASE", "taskhub_bench")
     redis_db = os.environ.get("BENCH_REDIS_DB", "10")
-    bench_db_url = _with_path(database_url, "/" + name)
-    bench_broker = _with_path(broker_url, "/" + redis_db)
+    bench_db_url = with_path(database_url, "/" + name)
+    bench_broker = with_path(broker_url, "/" + redis_db)
     var_dir = Path(os.environ.get("TASKHUB_VAR_DIR", ROOT / "var")) / "bench"
     var_dir.mkdir(parents=True, exist_ok=True)
 
     import psycopg
     import redis
 
-    admin_url = _with_path(database_url, "/postgres")
+    admin_url = with_path(database_url, "/postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -71,6 +71,21 @@ def drop_database(admin_url: str, name: str) -> None:
             [name],
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Warm-stop a celery process (SIGTERM to its main process), then SIGKILL whatever is left of its group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = "") -> object:
@@ -155,17 +170,7 @@ class Worker:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
+        stop_process_group(self.proc)
         self._log.close()
 
 

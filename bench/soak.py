@@ -26,14 +26,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psutil
 
+from bench.harness import CELERY, ROOT, stop_process_group, with_path
 from executions.runner import processes_with_env
 
-ROOT = Path(__file__).resolve().parent.parent
-CELERY = str(Path(sys.executable).with_name("celery"))
 EXECUTIONS = int(os.environ.get("SOAK_EXECUTIONS", "10000"))
 KILL_EVERY = float(os.environ.get("SOAK_KILL_EVERY", "20"))
 # Recovery intervals for the run (seconds): short, so a lost attempt is
@@ -42,19 +41,14 @@ RECOVERY_ENV = {"TASKHUB_LOST_AFTER": "10", "TASKHUB_REQUEUE_AFTER": "10", "TASK
 TASK_NAME = "soak-marker"
 
 
-def _with_path(url: str, path: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
 def _fresh_database(server_url: str) -> str:
     import psycopg
 
     name = (urlsplit(server_url).path.lstrip("/") or "taskhub") + "_soak"
-    with psycopg.connect(_with_path(server_url, "/postgres"), autocommit=True) as conn:
+    with psycopg.connect(with_path(server_url, "/postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return _with_path(server_url, "/" + name)
+    return with_path(server_url, "/" + name)
 
 
 class Proc:
@@ -83,19 +77,8 @@ class Proc:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
+        if self.proc is not None:
+            stop_process_group(self.proc)
 
 
 def _soak_processes() -> list[int]:
