@@ -55,14 +55,7 @@ RETRYABLE = frozenset({Status.FAILED, Status.TIMEOUT, Status.LOST})
 CLAIM_CLOCK_TOLERANCE = timedelta(seconds=1)
 
 
-def sources_of(new_status: str) -> list[str]:
-    return [old for old, allowed in TRANSITIONS.items() if new_status in allowed]
-
-
 class TaskExecutionQuerySet(models.QuerySet):
-    def active(self) -> TaskExecutionQuerySet:
-        return self.filter(status__in=[Status.PENDING, Status.RUNNING])
-
     def older_than(self, days: float) -> TaskExecutionQuerySet:
         return self.filter(created_at__lt=now() - timedelta(days=days)).exclude(
             status__in=[Status.PENDING, Status.RUNNING]
@@ -159,10 +152,6 @@ class TaskExecution(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
-
-    @property
-    def is_retryable(self) -> bool:
-        return self.status in RETRYABLE
 
     # -- transitions --------------------------------------------------------
 
@@ -275,9 +264,6 @@ class TaskExecution(models.Model):
                 self.cancel_requested_at = at
             return True
         raise InvalidTransition(self, Status.CANCELLED)
-
-    def mark_lost(self, error: str) -> bool:
-        return self.finish(Status.LOST, error=error)
 
     def next_attempt(self, *, delay: float, enqueued: bool) -> TaskExecution:
         """Create the pending row for the next attempt of this run.

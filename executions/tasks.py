@@ -48,6 +48,11 @@ def run_execution(self, execution_id: int) -> None:
             delay,
         )
         return
+    if self.request.called_directly or self.request.retries >= task.retry_count:
+        # A message that did not come from Celery's retry chain (re-sent by the
+        # reconciler, redelivered): Celery's counter is behind, send plainly.
+        services.send(nxt)
+        return
     soft, hard = task.time_limits(settings.TASKHUB_TIME_LIMIT_MARGIN)
     options = {
         "queue": task.queue,
@@ -55,11 +60,6 @@ def run_execution(self, execution_id: int) -> None:
         "soft_time_limit": soft,
         "time_limit": hard,
     }
-    if self.request.called_directly or self.request.retries >= task.retry_count:
-        # A message that did not come from Celery's retry chain (re-sent by the
-        # reconciler, redelivered): Celery's counter is behind, send plainly.
-        services.send(nxt)
-        return
     raise self.retry(
         args=[nxt.pk],
         countdown=delay,
