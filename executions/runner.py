@@ -107,10 +107,7 @@ class RunResult:
     cpu_user: float | None = None
     cpu_system: float | None = None
     duration: float = 0.0
-    # Monotonic times, for measurements.
-    started: float = 0.0
-    stop_signalled: float | None = None
-    group_gone: float | None = None
+    started: float = 0.0  # monotonic
 
 
 @dataclass
@@ -223,10 +220,6 @@ class GroupWatcher:
 
     def unregister(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)
-
-    def pid(self) -> int:
-        with self._lock:
-            return self._ensure().pid
 
 
 watcher = GroupWatcher()
@@ -395,7 +388,6 @@ def _supervise(
 
     def terminate(now: float) -> None:
         nonlocal kill_at
-        result.stop_signalled = now
         _killpg(pgid, signal.SIGTERM)
         kill_at = now + spec.kill_grace
 
@@ -427,7 +419,6 @@ def _supervise(
                 if kill_at is None:
                     # The command exited but left processes holding its output open.
                     terminate(now)
-                    result.stop_signalled = None
             if give_up_at is not None and now >= give_up_at:
                 break
 
@@ -465,6 +456,4 @@ def _supervise(
     finally:
         sel.close()
         os.close(pidfd)
-    if killed or stop_reason is not None:
-        result.group_gone = time.monotonic()
     return stop_reason
