@@ -153,26 +153,22 @@ def processes_with_env(name: str, value: str) -> list[int]:
 # -- the watcher: kills registered groups when this process dies -----------------
 
 _WATCHER_SOURCE = r"""
-import os, signal, sys
+import os, signal, struct, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
-groups = set()
-stdin = sys.stdin.buffer
-while True:
-    line = stdin.readline()
-    if not line:
-        break
-    sign, number = line[:1], int(line[1:])
-    if sign == b"+":
-        groups.add(number)
-    else:
-        groups.discard(number)
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
+table = int(sys.argv[1])
+while sys.stdin.buffer.read(4096):
+    pass
+data = os.pread(table, os.fstat(table).st_size, 0)
+for pgid in struct.unpack("%di" % (len(data) // 4), data[: len(data) // 4 * 4]):
+    if pgid > 0:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
 """
+
+_SLOT = 4  # bytes per registered group: one int32 pgid, 0 when free
 
 
 class GroupWatcher:
@@ -180,46 +176,61 @@ class GroupWatcher:
 
     The parent-death signal would reach only the command's leader; its
     children and grandchildren would run on. The watcher sits in its own
-    session reading a pipe from this process: when this process dies, for any
-    reason, the pipe closes and the watcher SIGKILLs every group still
-    registered.
+    session blocked on a pipe from this process; when this process dies, for
+    any reason, the pipe closes and the watcher SIGKILLs every group in the
+    table. The table is a memory file both processes hold: registering a
+    group is one ``pwrite`` here and wakes nobody, and the watcher reads the
+    table only once, after this process is gone, so it never sees a half
+    written entry.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner_pid: int | None = None
+        self._table = -1
+        self._slots: dict[int, int] = {}  # pgid -> slot
+        self._free: list[int] = []
 
-    def _ensure(self) -> subprocess.Popen[bytes]:
-        # A forked child (a new pool process) must start its own watcher.
-        if self._proc is None or self._owner_pid != os.getpid() or self._proc.poll() is not None:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WATCHER_SOURCE],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            self._owner_pid = os.getpid()
-        return self._proc
-
-    def _send(self, line: bytes) -> None:
-        with self._lock:
-            for _ in range(2):
-                proc = self._ensure()
-                try:
-                    assert proc.stdin is not None
-                    proc.stdin.write(line)
-                    proc.stdin.flush()
-                    return
-                except BrokenPipeError:
-                    self._proc = None
+    def _ensure(self) -> None:
+        # A forked child (a new pool process) must start its own watcher;
+        # a watcher that died is replaced, with the groups registered so far.
+        if self._proc is not None and self._owner_pid == os.getpid() and self._proc.poll() is None:
+            return
+        if self._owner_pid != os.getpid():
+            self._slots, self._free = {}, []
+        elif self._proc is not None and self._proc.stdin is not None:
+            self._proc.stdin.close()  # the watcher that died
+        table = os.memfd_create("taskhub-groups", os.MFD_CLOEXEC)
+        for pgid, slot in self._slots.items():
+            os.pwrite(table, pgid.to_bytes(_SLOT, sys.byteorder, signed=True), slot * _SLOT)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHER_SOURCE, str(table)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=(table,),
+        )
+        if self._owner_pid == os.getpid() and self._table >= 0:
+            os.close(self._table)
+        self._table = table
+        self._owner_pid = os.getpid()
 
     def register(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
+        with self._lock:
+            self._ensure()
+            slot = self._free.pop() if self._free else len(self._slots)
+            os.pwrite(self._table, pgid.to_bytes(_SLOT, sys.byteorder, signed=True), slot * _SLOT)
+            self._slots[pgid] = slot
 
     def unregister(self, pgid: int) -> None:
-        self._send(b"-%d\n" % pgid)
+        with self._lock:
+            slot = self._slots.pop(pgid, None)
+            if slot is None or self._owner_pid != os.getpid():
+                return
+            os.pwrite(self._table, bytes(_SLOT), slot * _SLOT)
+            self._free.append(slot)
 
 
 watcher = GroupWatcher()

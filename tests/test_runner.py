@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from executions.runner import CommandSpec, Hooks, OutputBuffer, build_env, run_command
+from executions.runner import CommandSpec, GroupWatcher, Hooks, OutputBuffer, build_env, run_command
 from tests.conftest import ROOT, group_members, wait_for
 
 
@@ -195,6 +195,31 @@ def test_a_deadline_is_met_even_when_output_never_stops():
     assert result.outcome == "timeout"
     assert result.output_truncated
     assert result.duration < 3
+
+
+def test_a_replaced_watcher_still_kills_the_groups_registered_before_and_spares_unregistered_ones():
+    watcher = GroupWatcher()
+    groups = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(4)]
+    try:
+        for proc in groups[:3]:
+            watcher.register(proc.pid)
+        watcher.unregister(groups[1].pid)  # its slot is free again
+        first = watcher._proc
+        first.kill()  # the watcher dies: the next registration starts another
+        first.wait(5)
+        watcher.register(groups[3].pid)  # reuses the freed slot
+        assert watcher._proc is not first
+
+        watcher._proc.stdin.close()  # what this process's death does to the pipe
+        watcher._proc.wait(5)
+
+        killed = [proc.wait(5) for proc in (groups[0], groups[2], groups[3])]
+        assert killed == [-signal.SIGKILL] * 3
+        assert groups[1].poll() is None
+    finally:
+        for proc in groups:
+            proc.kill()
+            proc.wait(5)
 
 
 def test_when_the_supervising_process_dies_the_watcher_kills_the_whole_group(tmp_path):
