@@ -258,6 +258,16 @@ if TASKHUB_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.pos
         "max_size": TASKHUB_THREAD_DB_CONNECTIONS + 2,
         "timeout": 60,  # seconds a thread waits for a free connection
     }
+# Let PostgreSQL prepare the few statements every execution runs (launch
+# INSERT, claim, outcome UPDATE) once per connection instead of parsing and
+# planning them each time. Turn off behind a pooler that cannot keep prepared
+# statements (PgBouncer in transaction mode before 1.21).
+TASKHUB_DB_PREPARE = env_bool("TASKHUB_DB_PREPARE", True)
+if TASKHUB_DB_PREPARE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django turns psycopg's prepared statements off (None); any number turns
+    # them back on for the cursors that ask (executions.models.hot_cursor).
+    # Django's other cursors bind on the client and are never prepared.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 # Retries due further ahead than this (seconds) are held in the database and
 # sent by the reconciler when due, so no long ETA sits in the broker.
 TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)

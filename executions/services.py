@@ -18,7 +18,7 @@ from django.db.models import Max
 from django.utils.timezone import now
 
 from executions import supervisor
-from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger
+from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger, hot_cursor
 from executions.runner import CommandSpec, Hooks, OutputBuffer, RunResult, build_env, run_command
 from executions.worker import shutdown_grace_expired
 
@@ -327,7 +327,7 @@ def claim_and_load(execution_id: int, *, worker: str, celery_task_id: str, due_b
         Status.RUNNING.value, at, at, worker, celery_task_id,
         execution_id, Status.PENDING.value, due_by + CLAIM_CLOCK_TOLERANCE,
     ]  # fmt: skip
-    with connection.cursor() as cursor:
+    with hot_cursor(connection) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else _build_execution(row)

@@ -146,3 +146,55 @@ def test_claiming_and_loading_leaves_a_row_that_is_not_due_alone(make_task):
     later = TaskExecution.objects.create(task=make_task(), scheduled_for=now() + timedelta(minutes=5))
     assert claim_and_load(later.pk, worker="w1", celery_task_id="c1", due_by=now()) is None
     assert TaskExecution.objects.get(pk=later.pk).status == Status.PENDING
+
+
+def prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements ORDER BY prepare_time")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_statements_every_execution_runs_are_prepared_once_per_connection_and_read_the_same(make_task):
+    from django.forms.models import model_to_dict
+    from django.utils.timezone import now
+
+    from executions.services import claim_and_load
+
+    connection.close()  # a new session: none prepared yet
+    assert prepared_statements() == []
+    task = make_task(command="echo hi", env={"GREETING": "hello"})
+    claimed = []
+    for _ in range(3):
+        execution = launch(task)
+        claimed.append(claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now()))
+        claimed[-1].finish(Status.SUCCEEDED, exit_code=0, stdout="hi\n")
+
+    # Launch INSERT, claim UPDATE, outcome UPDATE: each prepared once, not once per execution.
+    kinds = [" ".join(sql.split()[:3]) for sql in prepared_statements()]
+    assert kinds == [
+        'INSERT INTO "executions_taskexecution"',
+        'UPDATE "executions_taskexecution" e',
+        'UPDATE "executions_taskexecution" SET',
+    ]
+    # Rows read through a prepared statement are what the ORM reads.
+    first = claimed[0]
+    expected = TaskExecution.objects.select_related("task").get(pk=first.pk)
+    assert expected.status == Status.SUCCEEDED and expected.stdout == "hi\n"
+    first.refresh_from_db(fields=["status", "finished_at", "exit_code", "stdout"])
+    assert model_to_dict(first) == model_to_dict(expected)
+    assert model_to_dict(first.task) == model_to_dict(expected.task) and first.task.env == {"GREETING": "hello"}
+    assert first.started_at == expected.started_at and first.started_at.utcoffset() is not None
+
+
+def test_with_prepared_statements_off_nothing_is_prepared(make_task, settings):
+    from django.utils.timezone import now
+
+    from executions.services import claim_and_load
+
+    settings.TASKHUB_DB_PREPARE = False
+    connection.close()  # a new session: none prepared yet
+    execution = launch(make_task(command="true"))
+    claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now()).finish(Status.SUCCEEDED, exit_code=0)
+
+    assert TaskExecution.objects.get(pk=execution.pk).status == Status.SUCCEEDED
+    assert prepared_statements() == []
