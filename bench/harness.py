@@ -185,10 +185,14 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def cpu_seconds(worker: Worker | None = None) -> dict[str, float]:
-    """CPU seconds used so far by PostgreSQL, Redis, this process and the worker's Python processes.
+    """CPU seconds used so far: by PostgreSQL, Redis, this process, the worker, and the whole machine.
 
-    PostgreSQL and Redis are counted whole (every backend on the machine), so
-    other load on the same servers shows up here too.
+    ``worker`` is its main process plus pool processes (``worker_main``,
+    ``worker_pool``); ``commands`` the commands its pool processes ran and
+    reaped; ``machine`` every CPU's busy time (steal excluded), which also
+    holds the kernel's share (WAL flushes, context switches). PostgreSQL and
+    Redis are counted whole (every backend on the machine), so other load on
+    the same servers shows up here too.
     """
     import psutil
 
@@ -206,12 +210,18 @@ def cpu_seconds(worker: Worker | None = None) -> dict[str, float]:
     me = psutil.Process().cpu_times()
     totals["bench"] = me.user + me.system
     if worker is not None:
-        for proc in worker.processes():
+        totals.update(worker_main=0.0, worker_pool=0.0, commands=0.0)
+        for i, proc in enumerate(worker.processes()):
             try:
                 t = proc.cpu_times()
-                totals["worker"] += t.user + t.system
             except psutil.Error:
                 continue
+            totals["worker"] += t.user + t.system
+            totals["worker_main" if i == 0 else "worker_pool"] += t.user + t.system
+            if i:
+                totals["commands"] += t.children_user + t.children_system
+    m = psutil.cpu_times()  # guest time is already counted in user
+    totals["machine"] = m.user + m.nice + m.system + getattr(m, "irq", 0.0) + getattr(m, "softirq", 0.0)
     return totals
 
 

@@ -214,7 +214,8 @@ class TaskExecution(models.Model):
 
         What ``save()`` does for a new row (each field's ``pre_save`` and
         ``get_db_prep_save``), without compiling the statement every time:
-        every launch goes through here. Model signals are not sent.
+        every launch and every next attempt goes through here. Model signals
+        are not sent.
         """
         conn = connections[router.db_for_write(TaskExecution)]
         if not conn.features.can_return_columns_from_insert:
@@ -308,7 +309,7 @@ class TaskExecution(models.Model):
         without one is sent by the reconciler when due.
         """
         at = now()
-        return TaskExecution.objects.create(
+        nxt = TaskExecution(
             task_id=self.task_id,
             run_id=self.run_id,
             attempt=self.attempt + 1,
@@ -319,3 +320,7 @@ class TaskExecution(models.Model):
             enqueued_at=at if enqueued else None,
             created_at=at,
         )
+        if TaskExecution.task.is_cached(self):
+            nxt.task = self.task  # sending it reads the task: no query for it
+        nxt.insert()
+        return nxt

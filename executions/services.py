@@ -551,7 +551,7 @@ def retry_execution(execution: TaskExecution, *, user=None) -> TaskExecution:
     at = now()
     with transaction.atomic():
         last = TaskExecution.objects.filter(run_id=execution.run_id).aggregate(n=Max("attempt"))["n"] or 0
-        new = TaskExecution.objects.create(
+        new = TaskExecution(
             task=task,
             run_id=execution.run_id,
             attempt=last + 1,
@@ -563,6 +563,6 @@ def retry_execution(execution: TaskExecution, *, user=None) -> TaskExecution:
             celery_task_id=str(uuid.uuid4()),
             created_at=at,
         )
-        new.task = task
+        new.insert()
         send_on_commit(new)
     return new
