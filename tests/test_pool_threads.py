@@ -54,7 +54,7 @@ def test_deadlines_hold_in_the_threads_pool_and_leave_no_process(threads_worker,
         limit = 1 if execution.task_id == polite.pk else 2
         assert limit - 0.05 <= execution.duration.total_seconds() <= limit + 0.9, execution.duration
         assert execution.signal == (15 if execution.task_id == polite.pk else 9)
-        assert group_members(execution.pid) == []
+        wait_for(lambda e=execution: group_members(e.pid) == [], timeout=1, what="the timed-out group to be gone")
         assert processes_of_execution(execution.pk) == []
 
 

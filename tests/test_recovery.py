@@ -126,7 +126,11 @@ def test_a_worker_killed_with_sigkill_leaves_no_command_behind_and_on_restart_ha
         timeout=5,
         what="the killed worker's commands to be stopped",
     )
-    assert all(group_members(pgid) == [] for pgid in groups.values())
+    wait_for(
+        lambda: all(group_members(pgid) == [] for pgid in groups.values()),
+        timeout=1,
+        what="every process of their groups to be gone",
+    )
     for row in running:
         row.refresh_from_db()
         assert row.status == Status.RUNNING  # nobody has noticed yet (the reaper waits 60 s)

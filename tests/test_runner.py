@@ -154,7 +154,7 @@ def test_a_background_child_holding_the_output_open_does_not_hold_up_the_result(
     result = run_command(sh("sleep 60 & echo done", kill_grace=1))
     assert result.outcome == "succeeded"
     assert time.monotonic() - started < 4
-    assert group_members(result.pid) == []
+    wait_for(lambda: group_members(result.pid) == [], timeout=1, what="the left-behind sleep to die")
 
 
 def test_a_cancel_request_stops_the_command_within_the_poll_interval():
@@ -172,7 +172,7 @@ def test_a_cancel_request_stops_the_command_within_the_poll_interval():
     )
     assert result.outcome == "cancelled"
     assert time.monotonic() - asked["at"] < 0.5
-    assert group_members(result.pid) == []
+    wait_for(lambda: group_members(result.pid) == [], timeout=1, what="the cancelled group to be gone")
 
 
 def test_heartbeats_see_the_output_so_far_while_the_command_runs():
