@@ -309,7 +309,9 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
         if hooks.on_start:
             hooks.on_start(pid)
         status = _supervise(proc, spec, hooks, out, err, result)
-        # The group is gone (or was killed): now reap the leader, freeing its pid.
+        # The group is gone (or was killed): forget it, then reap the leader,
+        # freeing its pid (the watcher must never signal a reused group id).
+        watcher.unregister(pgid)
         _, wait_status, rusage = os.wait4(pid, 0)
         reaped = True
         proc.returncode = os.waitstatus_to_exitcode(wait_status)
@@ -335,6 +337,7 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
             # The supervisor was interrupted (e.g. Celery's backstop time
             # limit): never leave the group behind.
             _killpg(pgid, signal.SIGKILL)
+            watcher.unregister(pgid)
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
@@ -342,7 +345,6 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-        watcher.unregister(pgid)
         if hooks.on_exit:
             hooks.on_exit()
     result.stdout = out.text()
