@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,11 +21,10 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 
+from bench.harness import CELERY, ROOT
+from bench.harness import wait_for as poll_until
 from executions.runner import processes_with_env
 from taskhub.models import Task
-
-ROOT = Path(__file__).resolve().parent.parent
-CELERY = str(Path(sys.executable).with_name("celery"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,14 +44,10 @@ def pytest_collection_modifyitems(config, items):
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 30, interval: float = 0.05, what: str = "") -> object:
     """Return the first truthy value of ``condition()``; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"Timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
+    try:
+        return poll_until(condition, timeout=timeout, interval=interval, what=what or repr(condition))
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 # -- personas ----------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from bench.harness import wait_for
 
 
 def spare_port() -> int:
@@ -24,14 +25,6 @@ def spare_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_until(condition, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _accepts_connections(port: int) -> bool:
@@ -63,7 +56,7 @@ class RedisServer:
         log = open(self.directory / "redis.log", "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        _wait_until(lambda: self._ping(), timeout=15, what=f"redis-server on port {self.port}")
+        wait_for(lambda: self._ping(), timeout=15, what=f"redis-server on port {self.port}")
         return self
 
     def _ping(self) -> bool:
@@ -140,7 +133,7 @@ class PostgresCluster:
             argv, stdout=log, stderr=subprocess.STDOUT, user=self.user, cwd=self.directory, start_new_session=True
         )
         log.close()
-        _wait_until(self._ready, timeout=30, what=f"PostgreSQL on port {self.port}")
+        wait_for(self._ready, timeout=30, what=f"PostgreSQL on port {self.port}")
         return self
 
     def _ready(self) -> bool:
@@ -163,7 +156,7 @@ class PostgresCluster:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-            _wait_until(lambda: not _accepts_connections(self.port), timeout=10, what="PostgreSQL to stop listening")
+            wait_for(lambda: not _accepts_connections(self.port), timeout=10, what="PostgreSQL to stop listening")
 
     def remove(self) -> None:
         """Stop the server and delete its files."""
