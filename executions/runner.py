@@ -171,6 +171,10 @@ for pgid in struct.unpack("%di" % (len(data) // 4), data[: len(data) // 4 * 4]):
 _SLOT = 4  # bytes per registered group: one int32 pgid, 0 when free
 
 
+def _write_slot(table: int, slot: int, pgid: int) -> None:
+    os.pwrite(table, pgid.to_bytes(_SLOT, sys.byteorder, signed=True), slot * _SLOT)
+
+
 class GroupWatcher:
     """A process that outlives this one and kills the groups it was told about.
 
@@ -203,7 +207,7 @@ class GroupWatcher:
             self._proc.stdin.close()  # the watcher that died
         table = os.memfd_create("taskhub-groups", os.MFD_CLOEXEC)
         for pgid, slot in self._slots.items():
-            os.pwrite(table, pgid.to_bytes(_SLOT, sys.byteorder, signed=True), slot * _SLOT)
+            _write_slot(table, slot, pgid)
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _WATCHER_SOURCE, str(table)],
             stdin=subprocess.PIPE,
@@ -221,7 +225,7 @@ class GroupWatcher:
         with self._lock:
             self._ensure()
             slot = self._free.pop() if self._free else len(self._slots)
-            os.pwrite(self._table, pgid.to_bytes(_SLOT, sys.byteorder, signed=True), slot * _SLOT)
+            _write_slot(self._table, slot, pgid)
             self._slots[pgid] = slot
 
     def unregister(self, pgid: int) -> None:
@@ -229,7 +233,7 @@ class GroupWatcher:
             slot = self._slots.pop(pgid, None)
             if slot is None or self._owner_pid != os.getpid():
                 return
-            os.pwrite(self._table, bytes(_SLOT), slot * _SLOT)
+            _write_slot(self._table, slot, 0)
             self._free.append(slot)
 
 
