@@ -226,12 +226,13 @@ class _ExecutionHooks(Hooks):
 
 @dataclass
 class _RowPlan:
-    """The columns of an execution and its task, and how to turn raw values into models."""
+    """The statements that read an execution with its task, and how to turn their raw values into models."""
 
-    execution_columns: str
-    task_columns: str
+    load_sql: str
+    claim_sql: str
+    execution_attnames: list[str]
+    task_attnames: list[str]
     converters: list
-    split: int
 
 
 _row_plan_cache: _RowPlan | None = None
@@ -243,18 +244,33 @@ def _row_plan() -> _RowPlan:
     global _row_plan_cache
     if _row_plan_cache is None:
         q = connection.ops.quote_name
-        fields = [*TaskExecution._meta.concrete_fields, *Task._meta.concrete_fields]
+        execution_fields, task_fields = TaskExecution._meta.concrete_fields, Task._meta.concrete_fields
         # What the ORM applies to raw values (e.g. JSON for Task.env, UUID for run_id).
-        cols = [f.get_col(f.model._meta.db_table) for f in fields]
+        cols = [f.get_col(f.model._meta.db_table) for f in (*execution_fields, *task_fields)]
         converters = [
             (i, col, [*connection.ops.get_db_converters(col), *col.get_db_converters(connection)])
             for i, col in enumerate(cols)
         ]
+        columns = ", ".join(
+            [*(f"e.{q(f.column)}" for f in execution_fields), *(f"t.{q(f.column)}" for f in task_fields)]
+        )
+        executions, tasks = q(TaskExecution._meta.db_table), q(Task._meta.db_table)
+        task_join = f"t.{q(Task._meta.pk.column)} = e.{q('task_id')}"
         _row_plan_cache = _RowPlan(
-            execution_columns=", ".join(f"e.{q(f.column)}" for f in TaskExecution._meta.concrete_fields),
-            task_columns=", ".join(f"t.{q(f.column)}" for f in Task._meta.concrete_fields),
+            load_sql=(
+                f"SELECT {columns} FROM {executions} e JOIN {tasks} t ON {task_join} "
+                f"WHERE e.{q(TaskExecution._meta.pk.column)} = %s"
+            ),
+            claim_sql=(
+                f"UPDATE {executions} e SET {q('status')} = %s, {q('started_at')} = %s, "
+                f"{q('heartbeat_at')} = %s, {q('worker')} = %s, {q('celery_task_id')} = %s "
+                f"FROM {tasks} t "
+                f"WHERE e.{q('id')} = %s AND e.{q('status')} = %s AND e.{q('scheduled_for')} <= %s "
+                f"AND {task_join} RETURNING {columns}"
+            ),
+            execution_attnames=[f.attname for f in execution_fields],
+            task_attnames=[f.attname for f in task_fields],
             converters=[c for c in converters if c[2]],
-            split=len(TaskExecution._meta.concrete_fields),
         )
     return _row_plan_cache
 
@@ -267,12 +283,9 @@ def _build_execution(row: tuple) -> TaskExecution:
     for i, col, funcs in plan.converters:
         for func in funcs:
             values[i] = func(values[i], col, connection)
-    execution = TaskExecution.from_db(
-        connection.alias, [f.attname for f in TaskExecution._meta.concrete_fields], values[: plan.split]
-    )
-    execution.task = Task.from_db(
-        connection.alias, [f.attname for f in Task._meta.concrete_fields], values[plan.split :]
-    )
+    split = len(plan.execution_attnames)
+    execution = TaskExecution.from_db(connection.alias, plan.execution_attnames, values[:split])
+    execution.task = Task.from_db(connection.alias, plan.task_attnames, values[split:])
     return execution
 
 
@@ -285,17 +298,8 @@ def load_for_run(execution_id: int) -> TaskExecution:
     are worked out once per process. Raise TaskExecution.DoesNotExist when
     the row is gone.
     """
-    from taskhub.models import Task
-
-    plan = _row_plan()
-    q = connection.ops.quote_name
-    sql = (
-        f"SELECT {plan.execution_columns}, {plan.task_columns} FROM {q(TaskExecution._meta.db_table)} e "
-        f"JOIN {q(Task._meta.db_table)} t ON t.{q(Task._meta.pk.column)} = e.{q('task_id')} "
-        f"WHERE e.{q(TaskExecution._meta.pk.column)} = %s"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [execution_id])
+        cursor.execute(_row_plan().load_sql, [execution_id])
         row = cursor.fetchone()
     if row is None:
         raise TaskExecution.DoesNotExist(f"Execution {execution_id} does not exist.")
@@ -310,25 +314,13 @@ def claim_and_load(execution_id: int, *, worker: str, celery_task_id: str, due_b
     claimed row: one round trip instead of two on every execution. Return
     None when the row was not pending and due (nothing is changed then).
     """
-    from taskhub.models import Task
-
-    plan = _row_plan()
-    q = connection.ops.quote_name
-    sql = (
-        f"UPDATE {q(TaskExecution._meta.db_table)} e SET {q('status')} = %s, {q('started_at')} = %s, "
-        f"{q('heartbeat_at')} = %s, {q('worker')} = %s, {q('celery_task_id')} = %s "
-        f"FROM {q(Task._meta.db_table)} t "
-        f"WHERE e.{q('id')} = %s AND e.{q('status')} = %s AND e.{q('scheduled_for')} <= %s "
-        f"AND t.{q(Task._meta.pk.column)} = e.{q('task_id')} "
-        f"RETURNING {plan.execution_columns}, {plan.task_columns}"
-    )
     at = now()
     params = [
         Status.RUNNING.value, at, at, worker, celery_task_id,
         execution_id, Status.PENDING.value, due_by + CLAIM_CLOCK_TOLERANCE,
     ]  # fmt: skip
     with hot_cursor(connection) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_row_plan().claim_sql, params)
         row = cursor.fetchone()
     return None if row is None else _build_execution(row)
 
