@@ -38,17 +38,10 @@ def configure_environment() -> dict[str, str]:
     var_dir = Path(os.environ.get("TASKHUB_VAR_DIR", ROOT / "var")) / "bench"
     var_dir.mkdir(parents=True, exist_ok=True)
 
-    import psycopg
     import redis
 
     admin_url = with_path(database_url, "/postgres")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [name],
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    create_database(admin_url, name)
     redis.Redis.from_url(bench_broker).flushdb()
 
     os.environ.update(
@@ -71,6 +64,15 @@ def drop_database(admin_url: str, name: str) -> None:
             [name],
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """Create database ``name`` afresh (dropping what is there) on the server of ``admin_url``."""
+    import psycopg
+
+    drop_database(admin_url, name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from bench.harness import CELERY, ROOT, stop_process_group, with_path
+from bench.harness import CELERY, ROOT, create_database, stop_process_group, with_path
 from executions.runner import processes_with_env
 
 EXECUTIONS = int(os.environ.get("SOAK_EXECUTIONS", "10000"))
@@ -42,12 +42,8 @@ TASK_NAME = "soak-marker"
 
 
 def _fresh_database(server_url: str) -> str:
-    import psycopg
-
     name = (urlsplit(server_url).path.lstrip("/") or "taskhub") + "_soak"
-    with psycopg.connect(with_path(server_url, "/postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    create_database(with_path(server_url, "/postgres"), name)
     return with_path(server_url, "/" + name)
 
 
