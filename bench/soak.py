@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from bench.harness import CELERY, ROOT, create_database, stop_process_group, with_path
+from bench.harness import CELERY, ROOT, create_database, stop_process_group, wait_for, with_path
 from executions.runner import processes_with_env
 
 EXECUTIONS = int(os.environ.get("SOAK_EXECUTIONS", "10000"))
@@ -60,11 +60,13 @@ class Proc:
             self.proc = subprocess.Popen(
                 self.argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + 60
-        while self.ready not in self.log.read_text(errors="replace")[offset:]:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.argv[4]} did not start; see {self.log}")
-            time.sleep(0.1)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[4]} exited while starting; see {self.log}")
+            return self.ready in self.log.read_text(errors="replace")[offset:]
+
+        wait_for(ready, timeout=60, interval=0.1, what=f"{self.argv[4]} to start (see {self.log})")
 
     def kill9(self) -> None:
         """SIGKILL the main process only, as the OOM killer or an operator would."""
