@@ -208,6 +208,10 @@ elif BROKER_SCHEME in {"redis", "rediss"}:
         # message for a running execution is a no-op thanks to the claim.
         "visibility_timeout": env_number("TASKHUB_VISIBILITY_TIMEOUT", 2 * 3600, minimum=60),
     }
+    if BROKER_SCHEME == "redis" and env_bool("TASKHUB_REDIS_CLIENT_REUSE", True):
+        # kombu's Redis transport with one Redis client per channel instead of
+        # one per message published (config/broker.py).
+        CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

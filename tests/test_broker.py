@@ -1,0 +1,75 @@
+"""TaskHub's Redis transport: one Redis client per channel, against a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from django.conf import settings
+from kombu import Connection, Exchange, Queue
+
+from config.broker import Transport
+from config.celery import app
+
+pytestmark = pytest.mark.skipif(
+    settings.BROKER_SCHEME != "redis", reason="TaskHub's transport serves redis:// brokers only"
+)
+
+
+def counted_clients(monkeypatch) -> list[int]:
+    """Count the redis.Redis clients built from here on (the cost the transport avoids)."""
+    built: list[int] = []
+    real_init = redis.Redis.__init__
+
+    def init(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", init)
+    return built
+
+
+def test_taskhub_app_uses_its_transport_for_redis_urls():
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, Transport)
+
+
+def test_publishing_many_messages_builds_no_client_per_message(monkeypatch):
+    queue = Queue("taskhub-test-broker", Exchange("taskhub-test-broker"), "taskhub-test-broker")
+    with Connection(settings.CELERY_BROKER_URL, transport="config.broker:Transport") as conn:
+        producer = conn.Producer()
+        producer.publish({"n": -1}, exchange=queue.exchange, routing_key="taskhub-test-broker", declare=[queue])
+        built = counted_clients(monkeypatch)
+        for n in range(50):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="taskhub-test-broker")
+        assert built == []  # kombu's own transport builds one per message
+        got = []
+        with conn.SimpleQueue(queue) as sq:
+            for _ in range(51):
+                message = sq.get(timeout=5)
+                got.append(message.payload["n"])
+                message.ack()
+        assert got == list(range(-1, 50))
+
+
+def test_kombus_own_transport_still_builds_one_client_per_message(monkeypatch):
+    # The reason for config/broker.py: if kombu stops doing this, the transport can go.
+    queue = Queue("taskhub-test-broker-stock", Exchange("taskhub-test-broker-stock"), "taskhub-test-broker-stock")
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        producer = conn.Producer()
+        producer.publish({"n": -1}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
+        built = counted_clients(monkeypatch)
+        for n in range(5):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key=queue.routing_key)
+        assert len(built) >= 5  # at least one per message (two on kombu 5.7: the lookup and the push)
+        conn.default_channel.queue_purge(queue.name)
+
+
+def test_a_client_passed_in_is_used_as_given():
+    with Connection(settings.CELERY_BROKER_URL, transport="config.broker:Transport") as conn:
+        channel = conn.default_channel
+        mine = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        with channel.conn_or_acquire(mine) as client:
+            assert client is mine
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first is not mine
