@@ -1,9 +1,18 @@
-"""The hand-written Celery task TaskHub is weighed against.
+"""The hand-written Celery task TaskHub is weighed against, in a Celery app of its own.
 
 What an operator would write without TaskHub: run the command with
 ``subprocess.run``, capture its output, and nothing else. It reports to a
 Redis list so the benchmark can tell when it ran (one RPUSH, the least a
 caller needs to learn that a job ended).
+
+``app`` is plain Celery: TaskHub's Celery settings (broker, prefetch 1,
+acks_late, task events, priorities, visibility timeout), read from the same
+Django settings, but kombu's own Redis transport, not TaskHub's
+(config/broker.py). Its workers run ``-A bench.baseline:app`` on the queue
+``baseline``. ``app_reuse`` is the same task on TaskHub's transport (queue
+``baseline-reuse``): the throughput figure runs it too, so the table shows
+how much of TaskHub's standing comes from that transport rather than from
+what TaskHub itself adds.
 """
 
 from __future__ import annotations
@@ -14,7 +23,21 @@ import subprocess
 import time
 
 import redis
-from celery import shared_task
+from celery import Celery
+
+QUEUES = {"stock": "baseline", "reuse": "baseline-reuse"}
+
+
+def _make_app(name: str, transport: str | None) -> Celery:
+    app = Celery(name)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.broker_transport = transport
+    app.conf.beat_schedule = {}
+    return app
+
+
+app = _make_app("bench-baseline", None)
+app_reuse = _make_app("bench-baseline-reuse", "config.broker:Transport")
 
 _redis: redis.Redis | None = None
 
@@ -26,7 +49,6 @@ def _report(key: str, record: dict) -> None:
     _redis.rpush(key, json.dumps(record))
 
 
-@shared_task(bind=True, name="bench.baseline", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def baseline(self, argv: list[str], key: str, *, fail_times: int = 0, retry_delay: float = 1.0, due: float = 0) -> None:
     picked = time.time()
     proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
@@ -46,3 +68,11 @@ def baseline(self, argv: list[str], key: str, *, fail_times: int = 0, retry_dela
             max_retries=fail_times,
             kwargs={"key": key, "fail_times": fail_times, "retry_delay": retry_delay, "due": time.time() + retry_delay},
         )
+
+
+TASKS = {
+    flavour: celery_app.task(
+        bind=True, name="bench.baseline", shared=False, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+    )(baseline)
+    for flavour, celery_app in (("stock", app), ("reuse", app_reuse))
+}

@@ -83,11 +83,19 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             pass
+    kill_process_group(proc)
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process's whole group and reap the process (giving up after 10 s)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = "") -> object:
@@ -102,10 +110,24 @@ def wait_for(condition: Callable[[], object], *, timeout: float, interval: float
 
 
 class Worker:
-    """A real `celery worker` subprocess running TaskHub's app plus the baseline task."""
+    """A real `celery worker` subprocess: TaskHub's app on queue ``default``, or ``app``/``queue`` given.
 
-    def __init__(self, name: str, *, pool: str = "prefork", concurrency: int = 2, env: dict | None = None) -> None:
+    The baseline runs in workers of its own (``Worker.baseline``), on plain Celery.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        env: dict | None = None,
+        app: str = "config.celery",
+        queue: str = "default",
+    ) -> None:
         self.name = name
+        self.app = app
+        self.queue = queue
         self.pool = pool
         self.concurrency = concurrency
         self.env = {**os.environ, **(env or {})}
@@ -114,8 +136,8 @@ class Worker:
 
     def start(self) -> Worker:
         argv = [
-            sys.executable, CELERY, "-A", "bench.celeryapp", "worker", "--loglevel", "WARNING",
-            "--hostname", f"{self.name}@%h", "-Q", "default", "--pool", self.pool,
+            sys.executable, CELERY, "-A", self.app, "worker", "--loglevel", "WARNING",
+            "--hostname", f"{self.name}@%h", "-Q", self.queue, "--pool", self.pool,
             "--concurrency", str(self.concurrency), "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         self._log = open(self.log_path, "w")
@@ -135,6 +157,14 @@ class Worker:
             self.stop()
             raise
         return self
+
+    @classmethod
+    def baseline(cls, name: str, flavour: str = "stock", **kwargs) -> Worker:
+        """A worker for the baseline task: plain Celery (``stock``) or on TaskHub's transport (``reuse``)."""
+        from bench.baseline import QUEUES
+
+        app = "bench.baseline:app" if flavour == "stock" else "bench.baseline:app_reuse"
+        return cls(name, app=app, queue=QUEUES[flavour], **kwargs)
 
     @property
     def hostname(self) -> str:
