@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 
-from bench.harness import CELERY, ROOT
+from bench.harness import CELERY, ROOT, kill_process_group, stop_process_group
 from bench.harness import wait_for as poll_until
 from executions.runner import processes_with_env
 from taskhub.models import Task
@@ -166,25 +165,13 @@ class CeleryProcess:
         """Warm shutdown (SIGTERM to the main process), then SIGKILL to whatever is left of its group."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
+        stop_process_group(self.proc, timeout)
+        self._log.close()
 
     def kill(self) -> None:
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_process_group(self.proc)
         self._log.close()
 
 
