@@ -222,9 +222,9 @@ def cpu_seconds(worker: Worker | None = None) -> dict[str, float]:
     ``worker`` is its main process plus pool processes (``worker_main``,
     ``worker_pool``); ``commands`` the commands its pool processes ran and
     reaped; ``machine`` every CPU's busy time (steal excluded), which also
-    holds the kernel's share (WAL flushes, context switches). PostgreSQL and
-    Redis are counted whole (every backend on the machine), so other load on
-    the same servers shows up here too.
+    holds the kernel's share (network, context switches). PostgreSQL and
+    Redis are counted whole (every backend on the machine, live or exited),
+    so other load on the same servers shows up here too.
     """
     import psutil
 
@@ -237,6 +237,11 @@ def cpu_seconds(worker: Worker | None = None) -> dict[str, float]:
         try:
             t = proc.cpu_times()
             totals[key] += t.user + t.system
+            if key == "postgres":
+                # Backends that exited (a worker's connection recycled after
+                # CELERY_DB_REUSE_MAX tasks, autovacuum workers) leave their
+                # CPU with the postmaster, which reaped them.
+                totals[key] += t.children_user + t.children_system
         except psutil.Error:
             continue
     me = psutil.Process().cpu_times()
