@@ -302,25 +302,56 @@ class TaskExecution(models.Model):
             return True
         raise InvalidTransition(self, Status.CANCELLED)
 
-    def next_attempt(self, *, delay: float, enqueued: bool) -> TaskExecution:
-        """Create the pending row for the next attempt of this run.
+    @classmethod
+    def create_pending(
+        cls,
+        task,
+        *,
+        run_id: uuid.UUID,
+        attempt: int,
+        trigger: str,
+        triggered_by_id: int | None,
+        scheduled_for: datetime,
+        enqueued: bool,
+        at: datetime,
+        celery_task_id: str = "",
+    ) -> TaskExecution:
+        """Save a new pending attempt (one direct INSERT) and return it.
 
+        The one place a launch, a retry and a manual retry make their row.
         ``enqueued`` says whether the caller sends its message now; a row
-        without one is sent by the reconciler when due.
+        without one is sent by the reconciler when due. ``task`` is the Task
+        (kept on the row: sending reads it) or its id.
         """
+        execution = cls(
+            run_id=run_id,
+            attempt=attempt,
+            status=Status.PENDING,
+            trigger=trigger,
+            triggered_by_id=triggered_by_id,
+            scheduled_for=scheduled_for,
+            enqueued_at=at if enqueued else None,
+            celery_task_id=celery_task_id,
+            created_at=at,
+        )
+        if isinstance(task, models.Model):
+            execution.task = task
+        else:
+            execution.task_id = task
+        execution.insert()
+        return execution
+
+    def next_attempt(self, *, delay: float, enqueued: bool) -> TaskExecution:
+        """Create the pending row for the next attempt of this run, due in ``delay`` seconds."""
         at = now()
-        nxt = TaskExecution(
-            task_id=self.task_id,
+        return TaskExecution.create_pending(
+            # sending it reads the task: no query for it when it is at hand
+            self.task if TaskExecution.task.is_cached(self) else self.task_id,
             run_id=self.run_id,
             attempt=self.attempt + 1,
-            status=Status.PENDING,
             trigger=Trigger.RETRY,
             triggered_by_id=self.triggered_by_id,
             scheduled_for=at + timedelta(seconds=delay),
-            enqueued_at=at if enqueued else None,
-            created_at=at,
+            enqueued=enqueued,
+            at=at,
         )
-        if TaskExecution.task.is_cached(self):
-            nxt.task = self.task  # sending it reads the task: no query for it
-        nxt.insert()
-        return nxt

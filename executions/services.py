@@ -543,18 +543,16 @@ def retry_execution(execution: TaskExecution, *, user=None) -> TaskExecution:
     at = now()
     with transaction.atomic():
         last = TaskExecution.objects.filter(run_id=execution.run_id).aggregate(n=Max("attempt"))["n"] or 0
-        new = TaskExecution(
-            task=task,
+        new = TaskExecution.create_pending(
+            task,
             run_id=execution.run_id,
             attempt=last + 1,
-            status=Status.PENDING,
             trigger=Trigger.MANUAL,
-            triggered_by=user if user is not None and user.is_authenticated else None,
+            triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
             scheduled_for=at,
-            enqueued_at=at,
+            enqueued=True,
+            at=at,
             celery_task_id=str(uuid.uuid4()),
-            created_at=at,
         )
-        new.insert()
         send_on_commit(new)
     return new

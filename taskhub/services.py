@@ -34,19 +34,17 @@ def launch(
     # commits at once (one round trip instead of BEGIN/INSERT/COMMIT) and the
     # message goes out right after; inside a caller's transaction, on_commit
     # still holds the message until that commits.
-    execution = TaskExecution(
-        task=task,
+    execution = TaskExecution.create_pending(
+        task,
         run_id=uuid.uuid4(),
         attempt=1,
-        status=TaskExecution.Status.PENDING,
         trigger=trigger,
-        triggered_by=user if user is not None and user.is_authenticated else None,
+        triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
         scheduled_for=due,
-        enqueued_at=at if will_send else None,
+        enqueued=will_send,
+        at=at,
         celery_task_id=str(uuid.uuid4()),
-        created_at=at,
     )
-    execution.insert()
     if will_send:
         execution_services.send_on_commit(execution)
     return execution
