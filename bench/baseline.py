@@ -25,7 +25,9 @@ import time
 import redis
 from celery import Celery
 
+# The two flavours of the baseline: its queue, and the app its workers run (-A).
 QUEUES = {"stock": "baseline", "reuse": "baseline-reuse"}
+WORKER_APPS = {"stock": "bench.baseline:app", "reuse": "bench.baseline:app_reuse"}
 
 
 def _make_app(name: str, transport: str | None) -> Celery:

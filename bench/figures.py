@@ -166,8 +166,7 @@ def throughput():
             "taskhub": Worker("bench-tp", **PREFORK),
         }
         for worker in workers.values():
-            worker.start()
-            stack.callback(worker.stop)
+            stack.enter_context(worker)
         task = _task("bench-true", "true")
         # Warm every side up (pool processes import, connect, start their watchers).
         for _ in range(20):
@@ -329,10 +328,7 @@ STAMP = ["date", "+%s.%N"]
 def latency():
     n = scaled(300, 20)
     r = _redis()
-    worker = Worker("bench-lat", **PREFORK).start()
-    base_worker = Worker.baseline("bench-lat-base", **PREFORK)
-    try:
-        base_worker.start()
+    with Worker("bench-lat", **PREFORK), Worker.baseline("bench-lat-base", **PREFORK):
         task = _task("bench-stamp", "date +%s.%N")
         for _ in range(5):  # warm up
             ex = launch(task)
@@ -350,9 +346,6 @@ def latency():
             ex = launch(task)
             ex = _wait_row(ex)
             hub.append(float(ex.stdout) - t0)
-    finally:
-        base_worker.stop()
-        worker.stop()
     ms = lambda v: v * 1000  # noqa: E731
     b50, b99, h50, h99 = (ms(percentile(v, p)) for v, p in ((base, 50), (base, 99), (hub, 50), (hub, 99)))
     print(f"   baseline p50 {b50:.1f} ms p99 {b99:.1f} ms; TaskHub p50 {h50:.1f} ms p99 {h99:.1f} ms")
@@ -494,10 +487,7 @@ def deadline():
 def retry():
     runs = scaled(20, 5)
     r = _redis()
-    worker = Worker("bench-retry", **PREFORK).start()
-    base_worker = Worker.baseline("bench-retry-base", **PREFORK)
-    try:
-        base_worker.start()
+    with Worker("bench-retry", **PREFORK), Worker.baseline("bench-retry-base", **PREFORK):
         task = _task("bench-retry", "false", retry_count=2, retry_delay=1, retry_backoff=1)
         first = [launch(task) for _ in range(runs)]
         for _ in range(runs):
@@ -508,9 +498,6 @@ def retry():
             what="retries",
         )
         wait_for(lambda: r.llen("bench:retry") >= runs * 3, timeout=60, what="baseline retries")
-    finally:
-        base_worker.stop()
-        worker.stop()
     hub = [
         (ex.started_at - ex.scheduled_for).total_seconds() * 1000
         for ex in TaskExecution.objects.filter(task=task, attempt__gt=1)
@@ -613,8 +600,7 @@ def output():
 
     with contextlib.ExitStack() as stack:
         for worker in workers.values():
-            worker.start()
-            stack.callback(worker.stop)
+            stack.enter_context(worker)
         task = _task("bench-output", command, timeout=600)
         # Warm the pool processes up (imports, connection, watcher) with a small command.
         _wait_row(launch(_task("bench-output-warm", "echo warm")), 120)

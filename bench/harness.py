@@ -161,10 +161,15 @@ class Worker:
     @classmethod
     def baseline(cls, name: str, flavour: str = "stock", **kwargs) -> Worker:
         """A worker for the baseline task: plain Celery (``stock``) or on TaskHub's transport (``reuse``)."""
-        from bench.baseline import QUEUES
+        from bench.baseline import QUEUES, WORKER_APPS
 
-        app = "bench.baseline:app" if flavour == "stock" else "bench.baseline:app_reuse"
-        return cls(name, app=app, queue=QUEUES[flavour], **kwargs)
+        return cls(name, app=WORKER_APPS[flavour], queue=QUEUES[flavour], **kwargs)
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def hostname(self) -> str:
