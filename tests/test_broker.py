@@ -15,8 +15,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def counted_clients(monkeypatch) -> list[int]:
-    """Count the redis.Redis clients built from here on (the cost the transport avoids)."""
+def clients_built_publishing(conn: Connection, queue: Queue, count: int, monkeypatch) -> int:
+    """Publish ``count`` messages {"n": 0..count-1} to ``queue`` (declared by one more, {"n": -1}, first).
+
+    Return how many redis.Redis clients were built while publishing the ``count``
+    (the cost the transport avoids).
+    """
+    producer = conn.Producer()
+    producer.publish({"n": -1}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
     built: list[int] = []
     real_init = redis.Redis.__init__
 
@@ -25,7 +31,10 @@ def counted_clients(monkeypatch) -> list[int]:
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(redis.Redis, "__init__", init)
-    return built
+    for n in range(count):
+        producer.publish({"n": n}, exchange=queue.exchange, routing_key=queue.routing_key)
+    monkeypatch.undo()
+    return len(built)
 
 
 def test_taskhub_app_uses_its_transport_for_redis_urls():
@@ -36,12 +45,7 @@ def test_taskhub_app_uses_its_transport_for_redis_urls():
 def test_publishing_many_messages_builds_no_client_per_message(monkeypatch):
     queue = Queue("taskhub-test-broker", Exchange("taskhub-test-broker"), "taskhub-test-broker")
     with Connection(settings.CELERY_BROKER_URL, transport="config.broker:Transport") as conn:
-        producer = conn.Producer()
-        producer.publish({"n": -1}, exchange=queue.exchange, routing_key="taskhub-test-broker", declare=[queue])
-        built = counted_clients(monkeypatch)
-        for n in range(50):
-            producer.publish({"n": n}, exchange=queue.exchange, routing_key="taskhub-test-broker")
-        assert built == []  # kombu's own transport builds one per message
+        assert clients_built_publishing(conn, queue, 50, monkeypatch) == 0  # kombu's own: one per message
         got = []
         with conn.SimpleQueue(queue) as sq:
             for _ in range(51):
@@ -55,12 +59,8 @@ def test_kombus_own_transport_still_builds_one_client_per_message(monkeypatch):
     # The reason for config/broker.py: if kombu stops doing this, the transport can go.
     queue = Queue("taskhub-test-broker-stock", Exchange("taskhub-test-broker-stock"), "taskhub-test-broker-stock")
     with Connection(settings.CELERY_BROKER_URL) as conn:
-        producer = conn.Producer()
-        producer.publish({"n": -1}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
-        built = counted_clients(monkeypatch)
-        for n in range(5):
-            producer.publish({"n": n}, exchange=queue.exchange, routing_key=queue.routing_key)
-        assert len(built) >= 5  # at least one per message (two on kombu 5.7: the lookup and the push)
+        # At least one per message (two on kombu 5.7: the lookup and the push).
+        assert clients_built_publishing(conn, queue, 5, monkeypatch) >= 5
         conn.default_channel.queue_purge(queue.name)
 
 
