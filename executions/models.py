@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from datetime import datetime, timedelta
@@ -14,23 +15,32 @@ def hot_cursor(conn):
 
     On PostgreSQL (unless TASKHUB_DB_PREPARE is off) its statements are
     bound on the server and prepared once per connection, so PostgreSQL
-    skips parsing and planning them on each execution. Otherwise, and while
-    queries are logged (DEBUG, a test capturing them: a prepared statement
-    leaves no SQL text to log), a plain cursor. Either way it is Django's
-    cursor wrapper: errors and execute wrappers work as for ``conn.cursor()``.
+    skips parsing and planning them on each execution; the cursor itself is
+    made once per connection too and kept (use it in a ``with`` block, which
+    leaves it open). Otherwise, and while queries are logged (DEBUG, a test
+    capturing them: a prepared statement leaves no SQL text to log), a plain
+    cursor, closed at the end of the ``with`` block. Either way it is
+    Django's cursor wrapper: errors and execute wrappers work as for
+    ``conn.cursor()``.
     """
     if conn.vendor != "postgresql" or not settings.TASKHUB_DB_PREPARE or conn.queries_logged:
         return conn.cursor()
     conn.close_if_health_check_failed()
     conn.ensure_connection()
-    with conn.wrap_database_errors:
-        cursor = _prepared_cursor_class()(conn.connection)
-        # As Django's create_cursor: timestamps read in the connection's time zone.
-        from django.db.backends.postgresql import base
+    # Django's connection objects are per thread, and so is this cache; a
+    # new connection (reconnect, pool checkout) or time zone gets a new cursor.
+    key = (conn.connection, conn.timezone)
+    kept = conn.__dict__.get("_taskhub_hot_cursor")
+    if kept is None or kept[0][0] is not key[0] or kept[0][1] != key[1]:
+        with conn.wrap_database_errors:
+            cursor = _prepared_cursor_class()(conn.connection)
+            # As Django's create_cursor: timestamps read in the connection's time zone.
+            from django.db.backends.postgresql import base
 
-        if conn.timezone != conn.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT).timezone:
-            base.register_tzloader(conn.timezone, cursor)
-        return conn._prepare_cursor(cursor)
+            if conn.timezone != conn.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT).timezone:
+                base.register_tzloader(conn.timezone, cursor)
+            kept = conn.__dict__["_taskhub_hot_cursor"] = (key, conn._prepare_cursor(cursor))
+    return contextlib.nullcontext(kept[1])
 
 
 @functools.cache
@@ -214,19 +224,17 @@ class TaskExecution(models.Model):
 
         What ``save()`` does for a new row (each field's ``pre_save`` and
         ``get_db_prep_save``), without compiling the statement every time:
-        every launch and every next attempt goes through here. Model signals
-        are not sent.
+        every launch and every next attempt goes through here. Nullable
+        columns without a default that are None (most of a new row) are left
+        out of the statement: the database writes NULL, as the ORM would.
+        Model signals are not sent.
         """
         conn = connections[router.db_for_write(TaskExecution)]
         if not conn.features.can_return_columns_from_insert:
             self.save(force_insert=True)
             return
-        q = conn.ops.quote_name
-        fields = [f for f in self._meta.concrete_fields if f is not self._meta.pk]
-        sql = (
-            f"INSERT INTO {q(self._meta.db_table)} ({', '.join(q(f.column) for f in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {q(self._meta.pk.column)}"
-        )
+        left_out = tuple(f.attname for f in _NULL_BY_DEFAULT if getattr(self, f.attname) is None)
+        sql, fields = _insert_statement(conn, left_out)
         params = [f.get_db_prep_save(f.pre_save(self, True), conn) for f in fields]
         with hot_cursor(conn) as cursor:
             cursor.execute(sql, params)
@@ -243,16 +251,8 @@ class TaskExecution(models.Model):
         running it. Values go through each field's own ``get_db_prep_save``.
         """
         conn = connections[router.db_for_write(TaskExecution)]
-        q = conn.ops.quote_name
-        assignments, params = [], []
-        for name, value in values.items():
-            field = self._meta.get_field(name)
-            assignments.append(f"{q(field.column)} = %s")
-            params.append(field.get_db_prep_save(value, conn))
-        sql = (
-            f"UPDATE {q(self._meta.db_table)} SET {', '.join(assignments)} "
-            f"WHERE {q(self._meta.pk.column)} = %s AND {q('status')} = %s"
-        )
+        sql, fields = _update_statement(conn, tuple(values))
+        params = [field.get_db_prep_save(value, conn) for field, value in zip(fields, values.values(), strict=True)]
         with hot_cursor(conn) as cursor:
             cursor.execute(sql, [*params, self.pk, self.status])
             return cursor.rowcount
@@ -355,3 +355,45 @@ class TaskExecution(models.Model):
             enqueued=enqueued,
             at=at,
         )
+
+
+# -- the statements of every execution, worked out once per process -------------------------
+
+# Columns a new row may leave out: nullable, no default (NULL when left out).
+_NULL_BY_DEFAULT = [
+    f for f in TaskExecution._meta.concrete_fields if f.null and not f.has_default() and not f.primary_key
+]
+
+
+# SQL text by (kind, database vendor, columns): the same for every connection of a vendor.
+_statements: dict[tuple, tuple[str, list]] = {}
+
+
+def _insert_statement(conn, left_out: tuple[str, ...]) -> tuple[str, list]:
+    """``INSERT … RETURNING id`` for every column but the primary key and ``left_out``, and those fields."""
+    key = ("insert", conn.vendor, left_out)
+    if key not in _statements:
+        q = conn.ops.quote_name
+        opts = TaskExecution._meta
+        fields = [f for f in opts.concrete_fields if not f.primary_key and f.attname not in left_out]
+        sql = (
+            f"INSERT INTO {q(opts.db_table)} ({', '.join(q(f.column) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {q(opts.pk.column)}"
+        )
+        _statements[key] = (sql, fields)
+    return _statements[key]
+
+
+def _update_statement(conn, names: tuple[str, ...]) -> tuple[str, list]:
+    """``UPDATE … SET names WHERE id = %s AND status = %s``, and the fields of ``names``."""
+    key = ("update", conn.vendor, names)
+    if key not in _statements:
+        q = conn.ops.quote_name
+        opts = TaskExecution._meta
+        fields = [opts.get_field(name) for name in names]
+        sql = (
+            f"UPDATE {q(opts.db_table)} SET {', '.join(f'{q(f.column)} = %s' for f in fields)} "
+            f"WHERE {q(opts.pk.column)} = %s AND {q('status')} = %s"
+        )
+        _statements[key] = (sql, fields)
+    return _statements[key]

@@ -198,3 +198,43 @@ def test_with_prepared_statements_off_nothing_is_prepared(make_task, settings):
 
     assert TaskExecution.objects.get(pk=execution.pk).status == Status.SUCCEEDED
     assert prepared_statements() == []
+
+
+def test_a_new_row_leaves_out_its_null_columns_and_reads_as_the_orm_would_have_written_it(make_task, admin_user):
+    from django.forms.models import model_to_dict
+
+    task = make_task(command="true")
+    made = [launch(task), launch(task, user=admin_user)]  # without and with triggered_by
+    connection.close()
+    with CaptureQueriesContext(connection) as ctx:
+        launch(task)
+    # The INSERT names only the columns a new row sets; the rest are NULL by default.
+    insert = next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("INSERT"))
+    assert '"started_at"' not in insert and '"exit_code"' not in insert and '"stdout"' in insert
+    for execution in made:
+        stored = TaskExecution.objects.get(pk=execution.pk)
+        by_orm = TaskExecution(
+            **{f.attname: getattr(execution, f.attname) for f in TaskExecution._meta.concrete_fields}
+        )
+        assert model_to_dict(stored) == model_to_dict(by_orm)
+        assert stored.started_at is None and stored.exit_code is None and stored.stdout == "" and stored.worker == ""
+    assert made[1].triggered_by_id == admin_user.pk
+
+
+def test_the_kept_cursor_follows_a_new_connection(make_task):
+    from executions.models import hot_cursor
+
+    task = make_task(command="true")
+    launch(task)
+    with hot_cursor(connection) as first:
+        pass
+    with hot_cursor(connection) as again:
+        pass
+    assert again is first and not first.closed  # kept open across uses
+    connection.close()
+    execution = launch(task)  # reconnects: a new cursor on the new connection, statements prepared anew
+    with hot_cursor(connection) as second:
+        pass
+    assert second is not first
+    assert TaskExecution.objects.get(pk=execution.pk).status == Status.PENDING
+    assert [s.split()[0] for s in prepared_statements()] == ["INSERT"]
