@@ -7,12 +7,14 @@ caller needs to learn that a job ended).
 
 ``app`` is plain Celery: TaskHub's Celery settings (broker, prefetch 1,
 acks_late, task events, priorities, visibility timeout), read from the same
-Django settings, but kombu's own Redis transport, not TaskHub's
-(config/broker.py). Its workers run ``-A bench.baseline:app`` on the queue
-``baseline``. ``app_reuse`` is the same task on TaskHub's transport (queue
-``baseline-reuse``): the throughput figure runs it too, so the table shows
-how much of TaskHub's standing comes from that transport rather than from
-what TaskHub itself adds.
+Django settings the way Celery's Django guide shows
+(``config_from_object("django.conf:settings", namespace="CELERY")``), on
+kombu's own Redis transport. Its workers run ``-A bench.baseline:app`` on
+the queue ``baseline``. ``app_tuned`` is the same task with TaskHub's
+Celery tuning: its Redis transport (config/broker.py) and its settings kept
+at hand (config/celery.py), on the queue ``baseline-tuned``. The throughput
+figure runs it too, so the table shows how much of TaskHub's standing comes
+from that tuning rather than from what TaskHub itself adds.
 """
 
 from __future__ import annotations
@@ -26,20 +28,28 @@ import redis
 from celery import Celery
 
 # The two flavours of the baseline: its queue, and the app its workers run (-A).
-QUEUES = {"stock": "baseline", "reuse": "baseline-reuse"}
-WORKER_APPS = {"stock": "bench.baseline:app", "reuse": "bench.baseline:app_reuse"}
+QUEUES = {"stock": "baseline", "tuned": "baseline-tuned"}
+WORKER_APPS = {"stock": "bench.baseline:app", "tuned": "bench.baseline:app_tuned"}
 
 
-def _make_app(name: str, transport: str | None) -> Celery:
+def _stock_app(name: str) -> Celery:
     app = Celery(name)
     app.config_from_object("django.conf:settings", namespace="CELERY")
-    app.conf.broker_transport = transport
+    app.conf.broker_transport = None  # kombu's own for the URL's scheme
     app.conf.beat_schedule = {}
     return app
 
 
-app = _make_app("bench-baseline", None)
-app_reuse = _make_app("bench-baseline-reuse", "config.broker:Transport")
+def _tuned_app(name: str) -> Celery:
+    from config.celery import configure
+
+    app = configure(Celery(name))
+    app.conf.beat_schedule = {}
+    return app
+
+
+app = _stock_app("bench-baseline")
+app_tuned = _tuned_app("bench-baseline-tuned")
 
 _redis: redis.Redis | None = None
 
@@ -76,5 +86,5 @@ TASKS = {
     flavour: celery_app.task(
         bind=True, name="bench.baseline", shared=False, acks_late=True, reject_on_worker_lost=True, ignore_result=True
     )(baseline)
-    for flavour, celery_app in (("stock", app), ("reuse", app_reuse))
+    for flavour, celery_app in (("stock", app), ("tuned", app_tuned))
 }

@@ -160,7 +160,7 @@ class Worker:
 
     @classmethod
     def baseline(cls, name: str, flavour: str = "stock", **kwargs) -> Worker:
-        """A worker for the baseline task: plain Celery (``stock``) or on TaskHub's transport (``reuse``)."""
+        """A worker for the baseline task: plain Celery (``stock``) or with TaskHub's Celery tuning (``tuned``)."""
         from bench.baseline import QUEUES, WORKER_APPS
 
         return cls(name, app=WORKER_APPS[flavour], queue=QUEUES[flavour], **kwargs)
