@@ -125,7 +125,8 @@ class Hooks:
 
 
 def build_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {name: os.environ[name] for name in BASE_ENV_NAMES if name in os.environ}
+    environ = os.environ
+    env = {name: value for name in BASE_ENV_NAMES if (value := environ.get(name)) is not None}
     env.setdefault("PATH", DEFAULT_PATH)
     env.update(extra)
     return env

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import random
 import re
 import shlex
@@ -139,7 +140,7 @@ class Task(models.Model):
     def argv(self) -> list[str]:
         if self.shell:
             return ["/bin/sh", "-c", self.command]
-        return shlex.split(self.command)
+        return list(_split(self.command))
 
     def retry_delay_for(self, n: int, *, rng: random.Random | None = None) -> float:
         """Return the delay in seconds before retry ``n`` (1 = the first retry)."""
@@ -158,3 +159,9 @@ class Task(models.Model):
         """Return Celery's (soft, hard) backstop limits for one attempt."""
         soft = self.timeout + self.kill_grace + margin
         return soft, soft + margin
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(command: str) -> tuple[str, ...]:
+    # Every attempt splits its task's command line; most tasks run again and again.
+    return tuple(shlex.split(command))
