@@ -62,9 +62,12 @@ def _settings_at_hand(sender: Celery, source, **kwargs) -> None:
 
 
 def configure(app: Celery) -> Celery:
-    """Give ``app`` TaskHub's Celery settings, Django's CELERY_* ones, kept at hand."""
+    """Give ``app`` TaskHub's Celery settings, Django's CELERY_* ones, kept at hand,
+    and TaskHub's producers (config/broker.py). Call before the app is used."""
     app.config_from_object(DjangoCelerySettings())
     app.on_after_configure.connect(_settings_at_hand, sender=app)
+    app.amqp_cls = "config.broker:AMQP"
+    app.events_cls = "config.broker:Events"
     return app
 
 

@@ -73,3 +73,61 @@ def test_a_client_passed_in_is_used_as_given():
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
             assert first is not mine
+
+
+class CountingQueue(Queue):
+    """A kombu Queue that counts the bound copies made of it (kombu binds a copy to declare it)."""
+
+    binds = 0
+
+    def bind(self, channel):
+        type(self).binds += 1
+        return super().bind(channel)
+
+
+def publish_declaring(producer, queue: Queue, count: int) -> None:
+    for n in range(count):
+        producer.publish({"n": n}, routing_key=queue.name, declare=[queue], retry=True)
+
+
+def test_taskhub_app_and_its_worker_events_publish_through_its_producer():
+    from config.broker import Producer
+
+    with app.producer_or_acquire() as producer:
+        assert isinstance(producer, Producer)
+    with app.connection_for_write() as conn:
+        dispatcher = app.events.Dispatcher(conn, enabled=True)
+        assert isinstance(dispatcher.producer, Producer)
+        dispatcher.close()
+
+
+def test_an_entity_already_declared_is_not_copied_again_and_messages_still_arrive():
+    from config.broker import Producer
+
+    class Declared(CountingQueue):
+        binds = 0
+
+    queue = Declared("taskhub-test-declare", Exchange("taskhub-test-declare"), "taskhub-test-declare")
+    with Connection(settings.CELERY_BROKER_URL, transport="config.broker:Transport") as conn:
+        conn.default_channel.queue_purge(queue.name)
+        publish_declaring(Producer(conn), queue, 20)
+        assert Declared.binds == 1  # declared once, on the first message; then found in the cache
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        assert client.llen(queue.name) == 20
+        # Declared for real: the queue is bound to its exchange on the broker.
+        assert any(b"taskhub-test-declare" in m for m in client.smembers("_kombu.binding.taskhub-test-declare"))
+        conn.default_channel.queue_purge(queue.name)
+
+
+def test_kombus_own_producer_copies_the_entity_for_every_message():
+    # The reason for config.broker.Producer: if kombu stops doing this, the class can go.
+    import kombu
+
+    class Stock(CountingQueue):
+        binds = 0
+
+    queue = Stock("taskhub-test-declare-stock", Exchange("taskhub-test-declare-stock"), "taskhub-test-declare-stock")
+    with Connection(settings.CELERY_BROKER_URL, transport="config.broker:Transport") as conn:
+        publish_declaring(kombu.Producer(conn), queue, 5)
+        assert Stock.binds >= 5
+        conn.default_channel.queue_purge(queue.name)
