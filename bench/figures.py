@@ -158,7 +158,7 @@ def throughput():
     prefetch 1); the ratio is the median of the rounds' ratios.
     """
     n = scaled(2000, 50)
-    rounds = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
+    rounds = max(1, int(os.environ.get("BENCH_ROUNDS", "5")))
     r = _redis()
     details: dict[str, object] = {"n": n, "rounds": rounds}
     seconds: dict[str, list[float]] = {side: [] for side in SIDES}
