@@ -101,12 +101,18 @@ def _pg_counters() -> dict[str, int]:
     return {"sessions": sessions, "commits": commits, "inserted": inserted, "updated": updated, "read": read}
 
 
-def _pg_delta(before: dict[str, int], n: int) -> dict[str, float]:
-    # pg_stat_database is updated by backends at most every PGSTAT_MIN_INTERVAL (1 s).
-    time.sleep(1.2)
+def _pg_settled_counters() -> dict[str, int]:
+    # Backends add their counters to pg_stat_database at most once a second,
+    # and a backend that went idle sooner after its last report does so only
+    # after PGSTAT_IDLE_INTERVAL (10 s): the workers' backends, just idle.
+    time.sleep(10.5)
     with connection.cursor() as cur:
         cur.execute("SELECT pg_stat_clear_snapshot()")
-    after = _pg_counters()
+    return _pg_counters()
+
+
+def _pg_delta(before: dict[str, int], n: int) -> dict[str, float]:
+    after = _pg_settled_counters()
     return {k: round((after[k] - before[k]) / n, 2) for k in before}
 
 
@@ -184,7 +190,7 @@ def throughput():
             wait_for(lambda s=side: r.llen(f"bench:warm:{s}") >= 20, timeout=60, what=f"{side} warm-up")
         _wait_all(task, 20, 60)
         task.executions.all().delete()
-        before = _pg_counters()
+        before = _pg_settled_counters()  # the warm-up's counted before, not in the figure
 
         for i in range(rounds):
             for side in SIDES:
