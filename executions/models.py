@@ -323,21 +323,23 @@ class TaskExecution(models.Model):
         without one is sent by the reconciler when due. ``task`` is the Task
         (kept on the row: sending reads it) or its id.
         """
-        execution = cls(
-            run_id=run_id,
-            attempt=attempt,
-            status=Status.PENDING,
-            trigger=trigger,
-            triggered_by_id=triggered_by_id,
-            scheduled_for=scheduled_for,
-            enqueued_at=at if enqueued else None,
-            celery_task_id=celery_task_id,
-            created_at=at,
-        )
+        given = {
+            "task_id": task.pk if isinstance(task, models.Model) else task,
+            "run_id": run_id,
+            "attempt": attempt,
+            "status": Status.PENDING,
+            "trigger": trigger,
+            "triggered_by_id": triggered_by_id,
+            "scheduled_for": scheduled_for,
+            "enqueued_at": at if enqueued else None,
+            "celery_task_id": celery_task_id,
+            "created_at": at,
+        }
+        # Positional values, as from_db builds a model: keyword arguments cost
+        # Model.__init__ several times as much on every launch.
+        execution = cls(*[given.get(name, default) for name, default in _new_row_defaults()])
         if isinstance(task, models.Model):
             execution.task = task
-        else:
-            execution.task_id = task
         execution.insert()
         return execution
 
@@ -363,6 +365,15 @@ class TaskExecution(models.Model):
 _NULL_BY_DEFAULT = [
     f for f in TaskExecution._meta.concrete_fields if f.null and not f.has_default() and not f.primary_key
 ]
+
+
+@functools.cache
+def _new_row_defaults() -> list[tuple[str, object]]:
+    """(attname, value) of every column of a new row that create_pending does not set: its constant default."""
+    return [
+        (f.attname, f.default if f.has_default() and not callable(f.default) else None)
+        for f in TaskExecution._meta.concrete_fields
+    ]
 
 
 # SQL text by (kind, database vendor, columns): the same for every connection of a vendor.
