@@ -70,6 +70,9 @@ def send(execution: TaskExecution, *, at: datetime | None = None) -> bool:
             soft_time_limit=soft,
             time_limit=hard,
             task_id=execution.celery_task_id or None,
+            # What Celery would write itself (saferepr of the arguments), without its repr machinery.
+            argsrepr=f"[{execution.pk}]",
+            kwargsrepr="{}",
         )
     except Exception:
         logger.exception("Could not send execution %s to the broker; the reconciler will send it again.", execution.pk)

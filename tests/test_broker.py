@@ -131,3 +131,29 @@ def test_kombus_own_producer_copies_the_entity_for_every_message():
         publish_declaring(kombu.Producer(conn), queue, 5)
         assert Stock.binds >= 5
         conn.default_channel.queue_purge(queue.name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_message_carries_the_argument_reprs_celery_would_write(make_task):
+    from executions.tasks import run_execution
+    from taskhub.services import launch
+
+    task = make_task(command="true", queue="taskhub-test-argsrepr")
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(task.queue)
+    execution = launch(task)
+    run_execution.apply_async(args=[execution.pk], queue=task.queue)  # Celery's own reprs, for comparison
+    headers = []
+    with app.connection_for_read() as conn:  # the app's transport options: its priority steps
+        with conn.SimpleQueue(task.queue) as sq:
+            for _ in range(2):
+                message = sq.get(timeout=5)
+                headers.append(message.headers)
+                message.ack()
+    ours, celerys = sorted(headers, key=lambda h: h["id"] != execution.celery_task_id)
+    assert ours["id"] == execution.celery_task_id
+    assert (
+        (ours["argsrepr"], ours["kwargsrepr"])
+        == (celerys["argsrepr"], celerys["kwargsrepr"])
+        == (f"[{execution.pk}]", "{}")
+    )
