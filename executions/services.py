@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Max
 from django.utils.timezone import now
+from kombu.exceptions import BatchPublishError
 
 from executions import supervisor
 from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger, hot_cursor
@@ -61,19 +62,32 @@ def send(execution: TaskExecution, *, at: datetime | None = None) -> bool:
     if delay > settings.TASKHUB_MAX_ETA:
         return False
     soft, hard = task.time_limits(settings.TASKHUB_TIME_LIMIT_MARGIN)
+    options = {
+        "args": [execution.pk],
+        "queue": task.queue,
+        "priority": broker_priority(task.priority),
+        "countdown": delay if delay > 0 else None,
+        "soft_time_limit": soft,
+        "time_limit": hard,
+        "task_id": execution.celery_task_id or None,
+        # What Celery would write itself (saferepr of the arguments), without its repr machinery.
+        "argsrepr": f"[{execution.pk}]",
+        "kwargsrepr": "{}",
+    }
     try:
-        run_execution.apply_async(
-            args=[execution.pk],
-            queue=task.queue,
-            priority=broker_priority(task.priority),
-            countdown=delay if delay > 0 else None,
-            soft_time_limit=soft,
-            time_limit=hard,
-            task_id=execution.celery_task_id or None,
-            # What Celery would write itself (saferepr of the arguments), without its repr machinery.
-            argsrepr=f"[{execution.pk}]",
-            kwargsrepr="{}",
-        )
+        with run_execution.app.producer_or_acquire() as producer:
+            try:
+                # The message and its task-sent event in one round trip, where
+                # the transport batches (kombu's publish batch: Redis pipelines
+                # them; other transports publish each at once).
+                with producer.batch():
+                    run_execution.apply_async(producer=producer, **options)
+            except BatchPublishError as exc:
+                # Delivery uncertain, and a batch is not retried: send it again
+                # the usual way. A second message for the row runs nothing
+                # twice: only one claims it.
+                logger.warning("Sending execution %s again after a failed publish batch: %s", execution.pk, exc)
+                run_execution.apply_async(producer=producer, **options)
     except Exception:
         logger.exception("Could not send execution %s to the broker; the reconciler will send it again.", execution.pk)
         return False

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 import redis
 from django.conf import settings
@@ -157,3 +160,79 @@ def test_a_run_message_carries_the_argument_reprs_celery_would_write(make_task):
         == (celerys["argsrepr"], celerys["kwargsrepr"])
         == (f"[{execution.pk}]", "{}")
     )
+
+
+def drain(queue: str) -> list[dict]:
+    """Take every message off ``queue`` (through the app's connection: its priority steps); return their headers."""
+    headers = []
+    with app.connection_for_read() as conn, conn.SimpleQueue(queue) as sq:
+        while True:
+            try:
+                message = sq.get(timeout=1)
+            except sq.Empty:
+                return headers
+            headers.append(message.headers)
+            message.ack()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_launch_sends_its_message_and_task_sent_event_in_one_round_trip(make_task, monkeypatch):
+    from taskhub.services import launch
+
+    task = make_task(command="true", queue="taskhub-test-batch")
+    launch(task)  # the first message to a queue declares it (a few more commands, once per connection)
+    drain(task.queue)
+    events = redis.Redis.from_url(settings.CELERY_BROKER_URL).pubsub()
+    events.psubscribe("*celeryev*")
+    events.get_message(timeout=1)  # the subscription's confirmation
+    pipelines: list[list[str]] = []
+    direct: list[str] = []
+    real_execute, real_command = redis.client.Pipeline.execute, redis.Redis.execute_command
+
+    def execute(self, *args, **kwargs):
+        pipelines.append([str(command[0][0]).upper() for command in self.command_stack])
+        return real_execute(self, *args, **kwargs)
+
+    def execute_command(self, *args, **options):
+        if not isinstance(self, redis.client.Pipeline):
+            direct.append(str(args[0]).upper())
+        return real_command(self, *args, **options)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+    execution = launch(task)
+    monkeypatch.undo()
+
+    assert pipelines == [["LPUSH", "PUBLISH"]]  # the message and its task-sent event, together
+    assert "LPUSH" not in direct and "PUBLISH" not in direct
+    assert [h["id"] for h in drain(task.queue)] == [execution.celery_task_id]
+    sent = events.get_message(timeout=5)
+    assert sent is not None and sent["channel"].endswith(b"task.sent")
+    event = json.loads(base64.b64decode(json.loads(sent["data"])["body"]))
+    assert event["uuid"] == execution.celery_task_id and event["queue"] == task.queue
+    events.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_publish_batch_is_sent_again_the_usual_way(make_task, monkeypatch, caplog):
+    from kombu.exceptions import BatchPublishError
+    from kombu.transport.redis import PublishBatch
+
+    from executions.models import TaskExecution
+    from executions.services import send
+    from taskhub.services import launch
+
+    task = make_task(command="true", queue="taskhub-test-batch-fail")
+    drain(task.queue)
+    execution = TaskExecution.objects.get(pk=launch(task).pk)
+    drain(task.queue)  # the launch's own message: the one below is sent again by hand
+
+    def fail(self):  # the broker went away mid-flush, as kombu reports it
+        self.discard()
+        raise BatchPublishError("Redis publish batch failed; delivery is uncertain")
+
+    monkeypatch.setattr(PublishBatch, "flush", fail)
+    assert send(execution) is True
+    monkeypatch.undo()
+    assert [h["id"] for h in drain(task.queue)] == [execution.celery_task_id]
+    assert "again after a failed publish batch" in caplog.text
