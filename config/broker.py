@@ -83,7 +83,7 @@ class AMQP(celery_amqp.AMQP):
     def producer_pool(self) -> pools.ProducerPool:
         if self._producer_pool is None:
             connections = pools.connections[self.app.connection_for_write()]
-            self._producer_pool = pools.ProducerPool(connections, limit=self.app.pool.limit, Producer=Producer)
+            self._producer_pool = pools.ProducerPool(connections, limit=self.app.pool.limit, Producer=self.Producer)
         return self._producer_pool
 
     publisher_pool = producer_pool

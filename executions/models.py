@@ -29,9 +29,8 @@ def hot_cursor(conn):
     conn.ensure_connection()
     # Django's connection objects are per thread, and so is this cache; a
     # new connection (reconnect, pool checkout) or time zone gets a new cursor.
-    key = (conn.connection, conn.timezone)
-    kept = conn.__dict__.get("_taskhub_hot_cursor")
-    if kept is None or kept[0][0] is not key[0] or kept[0][1] != key[1]:
+    kept = conn.__dict__.get("_taskhub_hot_cursor")  # (connection, time zone, cursor)
+    if kept is None or kept[0] is not conn.connection or kept[1] != conn.timezone:
         with conn.wrap_database_errors:
             cursor = _prepared_cursor_class()(conn.connection)
             # As Django's create_cursor: timestamps read in the connection's time zone.
@@ -39,8 +38,8 @@ def hot_cursor(conn):
 
             if conn.timezone != conn.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT).timezone:
                 base.register_tzloader(conn.timezone, cursor)
-            kept = conn.__dict__["_taskhub_hot_cursor"] = (key, conn._prepare_cursor(cursor))
-    return contextlib.nullcontext(kept[1])
+            kept = conn.__dict__["_taskhub_hot_cursor"] = (conn.connection, conn.timezone, conn._prepare_cursor(cursor))
+    return contextlib.nullcontext(kept[2])
 
 
 @functools.cache
@@ -323,8 +322,9 @@ class TaskExecution(models.Model):
         without one is sent by the reconciler when due. ``task`` is the Task
         (kept on the row: sending reads it) or its id.
         """
+        task_is_model = isinstance(task, models.Model)
         given = {
-            "task_id": task.pk if isinstance(task, models.Model) else task,
+            "task_id": task.pk if task_is_model else task,
             "run_id": run_id,
             "attempt": attempt,
             "status": Status.PENDING,
@@ -337,8 +337,8 @@ class TaskExecution(models.Model):
         }
         # Positional values, as from_db builds a model: keyword arguments cost
         # Model.__init__ several times as much on every launch.
-        execution = cls(*[given.get(name, default) for name, default in _new_row_defaults()])
-        if isinstance(task, models.Model):
+        execution = cls(*[given.get(name, default) for name, default in _NEW_ROW_DEFAULTS])
+        if task_is_model:
             execution.task = task
         execution.insert()
         return execution
@@ -367,13 +367,12 @@ _NULL_BY_DEFAULT = [
 ]
 
 
-@functools.cache
-def _new_row_defaults() -> list[tuple[str, object]]:
-    """(attname, value) of every column of a new row that create_pending does not set: its constant default."""
-    return [
-        (f.attname, f.default if f.has_default() and not callable(f.default) else None)
-        for f in TaskExecution._meta.concrete_fields
-    ]
+# (attname, value) of every column, in order: a new row's value where
+# create_pending does not set it (its constant default, else None).
+_NEW_ROW_DEFAULTS = [
+    (f.attname, f.default if f.has_default() and not callable(f.default) else None)
+    for f in TaskExecution._meta.concrete_fields
+]
 
 
 # SQL text by (kind, database vendor, columns): the same for every connection of a vendor.
