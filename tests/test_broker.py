@@ -12,6 +12,7 @@ from kombu import Connection, Exchange, Queue
 
 from config.broker import Transport
 from config.celery import app
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.skipif(
     settings.BROKER_SCHEME != "redis", reason="TaskHub's transport serves redis:// brokers only"
@@ -236,3 +237,88 @@ def test_a_failed_publish_batch_is_sent_again_the_usual_way(make_task, monkeypat
     monkeypatch.undo()
     assert [h["id"] for h in drain(task.queue)] == [execution.celery_task_id]
     assert "again after a failed publish batch" in caplog.text
+
+
+# -- task events without waiting for Redis's reply ------------------------------------
+
+
+def event_subscriber():
+    subscriber = redis.Redis.from_url(settings.CELERY_BROKER_URL).pubsub()
+    subscriber.psubscribe("*celeryev*")
+    assert subscriber.get_message(timeout=2)["type"] == "psubscribe"
+    return subscriber
+
+
+def events_received(subscriber, count: int) -> list[str]:
+    """The uuids of the next ``count`` task events (fewer if they stop coming for 5 s)."""
+    uuids = []
+    while len(uuids) < count:
+        message = subscriber.get_message(timeout=5)
+        if message is None:
+            break
+        if message["type"] == "pmessage":
+            uuids.append(json.loads(base64.b64decode(json.loads(message["data"])["body"]))["uuid"])
+    return uuids
+
+
+def send_events(conn: Connection, uuids: list[str]) -> None:
+    dispatcher = app.events.Dispatcher(conn, enabled=True)  # Celery's own, as a worker sends with
+    for uuid in uuids:
+        dispatcher.send("task-received", uuid=uuid)
+    dispatcher.close()
+
+
+def test_task_events_go_out_without_a_round_trip_and_arrive(monkeypatch):
+    subscriber = event_subscriber()
+    answered: list[str] = []
+    real_command = redis.Redis.execute_command
+
+    def execute_command(self, *args, **options):
+        answered.append(str(args[0]).upper())
+        return real_command(self, *args, **options)
+
+    with app.connection_for_write() as conn:
+        send_events(conn, ["warm-up"])  # connects, declares
+        assert events_received(subscriber, 1) == ["warm-up"]
+        monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+        uuids = [f"event-{n}" for n in range(50)]
+        send_events(conn, uuids)
+        monkeypatch.undo()
+        publisher = conn.default_channel._unanswered
+        assert publisher._conn is not None and not publisher._poll.poll(0)  # no reply waits unread
+    assert "PUBLISH" not in answered  # none went through redis-py's request/reply path
+    assert events_received(subscriber, 50) == uuids
+    subscriber.close()
+
+
+def test_an_event_after_redis_dropped_the_connection_is_not_lost():
+    subscriber = event_subscriber()
+    admin = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with app.connection_for_write() as conn:
+        send_events(conn, ["before"])
+        publisher = conn.default_channel._unanswered
+        port = publisher._conn._sock.getsockname()[1]
+        (client,) = [c for c in admin.client_list() if c["addr"].endswith(f":{port}")]
+        admin.client_kill_filter(_id=client["id"])
+        wait_for(lambda: publisher._poll.poll(0), timeout=5, what="the connection's end to reach the publisher")
+        send_events(conn, ["after"])
+        assert publisher._conn._sock.getsockname()[1] != port  # a new connection
+    assert events_received(subscriber, 2) == ["before", "after"]
+    subscriber.close()
+
+
+def test_a_server_that_refuses_client_reply_gets_events_the_usual_way(caplog):
+    admin = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    user = "taskhub-test-no-client-command"
+    admin.acl_setuser(user, enabled=True, passwords=["+secret"], keys="*", channels="*", commands=["+@all", "-client"])
+    try:
+        url = settings.CELERY_BROKER_URL.replace("redis://", f"redis://{user}:secret@", 1)
+        subscriber = event_subscriber()
+        with Connection(url, transport=Transport, transport_options={"unanswered_exchanges": ["celeryev"]}) as conn:
+            send_events(conn, ["one", "two"])
+            assert conn.default_channel._unanswered.supported is False
+        assert events_received(subscriber, 2) == ["one", "two"]
+        assert "does not take CLIENT REPLY OFF" in caplog.text
+        subscriber.close()
+    finally:
+        admin.acl_deluser(user)
