@@ -13,8 +13,8 @@ does exactly what a fresh one per call did.
 
 Task events (transport option ``unanswered_exchanges``: Celery's event
 exchange) go out on a connection of their own on which Redis sends no
-replies (``UnansweredPublisher``): a worker's main loop no longer waits
-for a round trip per event.
+replies (``UnansweredCommands``), and so do acks (``unanswered_acks``):
+a worker's main loop no longer waits for a round trip per event and ack.
 
 TaskHub's Celery app uses this transport for ``redis://`` broker URLs
 (settings ``CELERY_BROKER_TRANSPORT``); other schemes keep kombu's own.
@@ -37,28 +37,32 @@ from celery.app import events as celery_events
 from celery.events import dispatcher as celery_dispatcher
 from kombu import pools
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.json import dumps
 from kombu.utils.objects import cached_property
 
 logger = logging.getLogger("taskhub.broker")
 
 
-class UnansweredPublisher:
-    """PUBLISH on a Redis connection of its own on which Redis sends no replies (CLIENT REPLY OFF).
+class UnansweredCommands:
+    """Commands on a Redis connection of its own on which Redis sends no replies (CLIENT REPLY OFF).
 
-    A worker publishes two or three task events per execution, each a
-    round trip that blocks its main loop while Redis answers with a number
-    no one reads (how many subscribers got it): with redis-py borrowing a
-    connection from the pool, checking it, sending, waiting and parsing,
-    about 0.1 ms of CPU each. Here an event is one write. Events are
-    monitoring (Flower, ``celery events``): Redis drops them anyway when no
-    one subscribes, and TaskHub's record of a run is in the database.
+    A worker publishes two or three task events per execution and acks its
+    message, each a round trip that blocks its main loop while Redis
+    answers with what no one reads (how many subscribers got an event, how
+    many keys an ack removed): with redis-py borrowing a connection from
+    the pool, checking it, sending, waiting and parsing, 0.1-0.2 ms of CPU
+    each. Here each is one write. Events are monitoring (Flower, ``celery
+    events``): Redis drops them anyway when no one subscribes, and TaskHub's
+    record of a run is in the database. An ack that never arrived leaves
+    the message to come back after the visibility timeout, as after a
+    worker crash; its execution is no longer pending, so nothing runs twice.
 
     Before each write the socket is polled: a connection Redis closed
     (restart, idle timeout) is readable, and is replaced instead of
-    swallowing the event. A server that refuses CLIENT REPLY (old Redis,
-    some proxies) is found out when connecting: ``publish`` then returns
-    False and the caller publishes the usual way.
+    swallowing the command. A server that refuses CLIENT REPLY (old Redis,
+    some proxies) is found out when connecting: ``send`` then returns
+    False and the caller sends the usual way.
     """
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
@@ -69,15 +73,15 @@ class UnansweredPublisher:
         self._pid = 0
         self.supported = True
 
-    def publish(self, topic: str, payload: str) -> bool:
-        """Send PUBLISH without waiting for a reply; False when that cannot be done."""
+    def send(self, *commands: tuple) -> bool:
+        """Send ``commands`` (in one write) without waiting for replies; False when that cannot be done."""
         with self._lock:
             for attempt in (1, 2):
                 conn = self._connection()
                 if conn is None:
                     return False
                 try:
-                    conn.send_packed_command(conn.pack_command("PUBLISH", topic, payload), check_health=False)
+                    conn.send_packed_command(conn.pack_commands(commands), check_health=False)
                     return True
                 except (redis.ConnectionError, redis.TimeoutError, OSError):
                     self._drop()
@@ -112,7 +116,7 @@ class UnansweredPublisher:
                 raise redis.ResponseError("CLIENT REPLY OFF did not take")
             conn.send_packed_command(conn.pack_command("CLIENT", "REPLY", "OFF"))
         except redis.ResponseError as exc:
-            logger.warning("Redis does not take CLIENT REPLY OFF (%s); task events wait for replies.", exc)
+            logger.warning("Redis does not take CLIENT REPLY OFF (%s); events and acks wait for replies.", exc)
             self.supported = False
             conn.disconnect()
             return None
@@ -134,11 +138,28 @@ class UnansweredPublisher:
                 self._drop()
 
 
+class QoS(kombu_redis.QoS):
+    def ack(self, delivery_tag):
+        # kombu's ack (the same MULTI/ZREM/HDEL/EXEC), unanswered where the channel says so
+        if self.channel.unanswered_acks and self.channel.send_unanswered(
+            ("MULTI",),
+            ("ZREM", self.unacked_index_key, delivery_tag),
+            ("HDEL", self.unacked_key, delivery_tag),
+            ("EXEC",),
+        ):
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().ack(delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
-    # Fanout exchanges published to without waiting for Redis's reply
-    # (transport option; TaskHub names Celery's event exchange).
+    QoS = QoS
+    # Transport options: fanout exchanges published to (TaskHub names
+    # Celery's event exchange), and whether acks are sent, without waiting
+    # for Redis's reply.
     unanswered_exchanges: tuple[str, ...] = ()
-    from_transport_options = kombu_redis.Channel.from_transport_options + ("unanswered_exchanges",)
+    unanswered_acks = False
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("unanswered_exchanges", "unanswered_acks")
 
     @cached_property
     def _shared_client(self):
@@ -149,15 +170,25 @@ class Channel(kombu_redis.Channel):
         yield client or self._shared_client
 
     @cached_property
-    def _unanswered(self) -> UnansweredPublisher:
-        return UnansweredPublisher(self.pool)
+    def _unanswered(self) -> UnansweredCommands:
+        return UnansweredCommands(self.pool)
+
+    def send_unanswered(self, *commands: tuple) -> bool:
+        """Send ``commands`` without waiting for replies; False: send them kombu's way.
+
+        A closed channel (its broker connection was lost: a late ack after
+        a reconnect) goes kombu's way, as do keys kombu prefixes.
+        """
+        if self.closed or self.global_keyprefix:
+            return False
+        return self._unanswered.send(*commands)
 
     def _put_fanout(self, exchange, message, routing_key, **kwargs):
-        if exchange not in self.unanswered_exchanges or kwargs.get("_publish_batch") or self.global_keyprefix:
+        if exchange not in self.unanswered_exchanges or kwargs.get("_publish_batch"):
             return super()._put_fanout(exchange, message, routing_key, **kwargs)
         payload = dumps(message)
         for topic in self._get_publish_topics(exchange, routing_key):
-            if not self._unanswered.publish(topic, payload):
+            if not self.send_unanswered(("PUBLISH", topic, payload)):
                 with self.conn_or_acquire() as client:
                     client.publish(topic, payload)
 

@@ -212,8 +212,9 @@ elif BROKER_SCHEME in {"redis", "rediss"}:
         # kombu's Redis transport with one Redis client per channel instead of
         # one per message published (config/broker.py).
         CELERY_BROKER_TRANSPORT = "config.broker:Transport"
-        # Task events go out without waiting for Redis's reply (config/broker.py).
+        # Task events and acks go out without waiting for Redis's reply (config/broker.py).
         CELERY_BROKER_TRANSPORT_OPTIONS["unanswered_exchanges"] = ["celeryev"]
+        CELERY_BROKER_TRANSPORT_OPTIONS["unanswered_acks"] = True
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

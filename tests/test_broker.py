@@ -322,3 +322,56 @@ def test_a_server_that_refuses_client_reply_gets_events_the_usual_way(caplog):
         subscriber.close()
     finally:
         admin.acl_deluser(user)
+
+
+def test_an_ack_goes_out_without_a_round_trip_and_clears_the_message(monkeypatch):
+    queue = Queue("taskhub-test-unanswered-ack", Exchange("taskhub-test-unanswered-ack"), "taskhub-test-unanswered-ack")
+    admin = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    pipelines: list[list[str]] = []
+    real_execute = redis.client.Pipeline.execute
+
+    def execute(self, *args, **kwargs):
+        pipelines.append([str(command[0][0]).upper() for command in self.command_stack])
+        return real_execute(self, *args, **kwargs)
+
+    with app.connection_for_write() as conn, conn.SimpleQueue(queue) as sq:
+        sq.put({"n": 1})
+        message = sq.get(timeout=5)
+        channel = message.channel
+        tag = message.delivery_tag
+        assert admin.hexists(channel.unacked_key, tag)  # kombu's safety net while it runs
+        monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+        message.ack()
+        monkeypatch.undo()
+        assert pipelines == []  # kombu's own ack is a MULTI/ZREM/HDEL/EXEC pipeline, waiting for EXEC's reply
+        wait_for(
+            lambda: (
+                not admin.hexists(channel.unacked_key, tag) and admin.zscore(channel.unacked_index_key, tag) is None
+            ),
+            timeout=5,
+            what="the ack to reach Redis",
+        )
+        channel.qos.prefetch_count = 1
+        assert channel.qos.can_consume()  # kombu's own bookkeeping counts it acked: room for the next
+        with pytest.raises(sq.Empty):
+            sq.get(timeout=0.5)
+
+
+def test_a_late_ack_after_the_broker_connection_was_lost_goes_kombus_way():
+    # What a worker does after a reconnect: a task that ran through the outage
+    # acks on its old, closed channel (once an AttributeError that stopped the worker).
+    queue = Queue("taskhub-test-late-ack", Exchange("taskhub-test-late-ack"), "taskhub-test-late-ack")
+    admin = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    conn = app.connection_for_write()
+    with conn.SimpleQueue(queue) as sq:
+        sq.put({"n": 1})
+        message = sq.get(timeout=5)
+        channel = message.channel
+        conn.close()  # kombu restores the unacked message to its queue
+        assert channel.closed
+        message.ack()  # kombu's pipeline on the channel's client, reconnecting
+        assert not admin.hexists(channel.unacked_key, message.delivery_tag)
+    with app.connection_for_write() as again, again.SimpleQueue(queue) as sq:
+        restored = sq.get(timeout=5)
+        assert restored.payload == {"n": 1}
+        restored.ack()
