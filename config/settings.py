@@ -259,6 +259,10 @@ TASKHUB_THREAD_DB_CONNECTIONS = env_number("TASKHUB_THREAD_DB_CONNECTIONS", 8, m
 TASKHUB_DB_POOL = env_bool("TASKHUB_DB_POOL", False)
 if TASKHUB_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both
+    # Not checked each time one is borrowed (a round trip, twice per
+    # execution): after a connection error TaskHub checks the whole pool
+    # (executions.services.check_pool).
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         # Execution slots, the supervisor, and the worker's main thread.
         "min_size": 2,

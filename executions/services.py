@@ -122,6 +122,33 @@ def _ensure_usable_connection() -> None:
     # drop it so the next query reconnects.
     if connection.connection is not None and connection.errors_occurred:
         connection.close_if_unusable_or_obsolete()
+        check_pool()
+
+
+def drop_connection() -> None:
+    """Hand back this thread's connection after a connection error, and check the pool's."""
+    try:
+        connection.close()
+    except DatabaseError:
+        pass
+    check_pool()
+
+
+def check_pool() -> None:
+    """With a connection pool (TASKHUB_DB_POOL), drop every dead connection it holds.
+
+    Pooled connections are not checked each time one is borrowed (that was
+    two more round trips per execution in a threads pool): after a
+    database restart they are all dead, and one check of the pool, after
+    the first error, finds them at once instead of each retry drawing the
+    next dead one.
+    """
+    pool = getattr(connection, "pool", None)
+    if pool is not None:
+        try:
+            pool.check()
+        except Exception as exc:  # the pool reconnects in the background
+            logger.debug("Connection pool check failed: %s", exc)
 
 
 def with_db_retry(what: str, fn: Callable[[], T], *, deadline: float) -> T:
@@ -135,10 +162,7 @@ def with_db_retry(what: str, fn: Callable[[], T], *, deadline: float) -> T:
             if time.monotonic() + pause > deadline:
                 raise
             logger.warning("Database unavailable while %s (%s); trying again in %.1fs.", what, exc, pause)
-            try:
-                connection.close()
-            except DatabaseError:
-                pass
+            drop_connection()
             time.sleep(pause)
             pause = min(pause * 2, 10)
 

@@ -105,10 +105,9 @@ class Supervisor:
         except DatabaseError as exc:
             # The commands go on; the next tick tries again on a fresh connection.
             logger.warning("Shared %s failed: %s", what, exc)
-            try:
-                connection.close()
-            except DatabaseError:
-                pass
+            from executions.services import drop_connection
+
+            drop_connection()
         except Exception:
             logger.exception("Shared %s failed.", what)
 
