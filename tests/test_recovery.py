@@ -415,6 +415,23 @@ def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_worker_an
     assert_each_attempt_ran_at_most_once_and_every_run_succeeded_once(rows, markers.runs())
     assert {r.status for r in rows} == {Status.SUCCEEDED}
     assert len(rows) == 8
+    if "pool" in pool:
+        # The pool, whose connections all died, serves new executions.
+        after = TaskExecution.objects.using("fault").create(
+            task=task,
+            run_id=uuid.uuid4(),
+            attempt=1,
+            status=Status.PENDING,
+            trigger=Trigger.API,
+            scheduled_for=now(),
+            enqueued_at=now(),
+            celery_task_id=str(uuid.uuid4()),
+        )
+        run_execution.apply_async(args=[after.pk], queue="default", task_id=after.celery_task_id)
+        (done,) = all_terminal(TaskExecution.objects.using("fault").filter(pk=after.pk), 1, timeout=30)
+        assert done.status == Status.SUCCEEDED
+        assert worker.proc.poll() is None
+        return
     # Both survived, and the recovery checks run again.
     wait_for(
         lambda: (
