@@ -169,7 +169,7 @@ def main() -> None:
 
     workers = [worker(1), worker(2)]
     beat = Proc(
-        [sys.executable, CELERY, "-A", "config", "beat", "--loglevel", "INFO", "-S", "django", "--pidfile", ""],
+        [sys.executable, CELERY, "-A", "config", "beat", "--loglevel", "INFO", "--pidfile", ""],
         work / "beat.log",
         "beat: Starting",
     )

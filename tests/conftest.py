@@ -220,7 +220,7 @@ def celery_processes(request, tmp_path) -> Iterator[Callable[..., CeleryProcess]
         n = next(counter)
         argv = [
             sys.executable, CELERY, "-A", "config", "beat", "--loglevel", "DEBUG",
-            "-S", "django", "--max-interval", "1", "--pidfile", "",
+            "--max-interval", "1", "--pidfile", "",
         ]  # fmt: skip
         proc = CeleryProcess(argv, subprocess_env(**(env or {})), tmp_path / f"beat-{n}.log", "beat: Starting")
         started.append(proc)

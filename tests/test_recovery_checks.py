@@ -54,11 +54,10 @@ def empty_broker():
 
 
 def test_beat_runs_the_recovery_check_at_least_every_half_interval_and_drops_a_late_one():
-    from django_celery_beat.schedulers import DatabaseScheduler
-
+    from config.beat import DatabaseScheduler
     from config.celery import app
 
-    DatabaseScheduler(app=app)  # what `celery beat -S django` does first: install the configured schedule
+    DatabaseScheduler(app=app)  # what `celery beat` does first: install the configured schedule
 
     entry = PeriodicTask.objects.get(name="taskhub-recover")
     half = min(settings.TASKHUB_LOST_AFTER, settings.TASKHUB_REQUEUE_AFTER) / 2
@@ -66,6 +65,41 @@ def test_beat_runs_the_recovery_check_at_least_every_half_interval_and_drops_a_l
     assert entry.interval.period == IntervalSchedule.SECONDS
     assert 1 <= entry.interval.every <= half
     assert entry.expire_seconds == entry.interval.every
+
+
+def test_beat_keeps_scheduling_when_the_database_goes_away_as_it_reloads_the_schedule(
+    empty_broker, monkeypatch, caplog
+):
+    from django.db import OperationalError, connection
+    from django_celery_beat.models import PeriodicTasks
+
+    from config.beat import RETRY_AFTER, DatabaseScheduler
+    from config.celery import app
+
+    scheduler = DatabaseScheduler(app=app)
+    scheduler.tick()  # the initial read
+    PeriodicTasks.update_changed()  # a schedule was edited: the next tick reloads
+    reload = DatabaseScheduler.all_as_schedule
+
+    def reload_as_the_database_goes(self):
+        # The server ends this connection right after the change check, as at a restart.
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        except OperationalError:
+            pass
+        return reload(self)
+
+    monkeypatch.setattr(DatabaseScheduler, "all_as_schedule", reload_as_the_database_goes)
+    assert scheduler.tick() == RETRY_AFTER  # django-celery-beat's own scheduler raises here, stopping beat
+    assert "Database unavailable while scheduling" in caplog.text
+    monkeypatch.undo()
+
+    calls = []
+    monkeypatch.setattr(DatabaseScheduler, "all_as_schedule", lambda self: calls.append(1) or reload(self))
+    assert 0 < scheduler.tick() <= 5  # back on its schedule
+    assert calls == [1]  # the whole schedule read again
+    assert "taskhub-recover" in scheduler.schedule
 
 
 def test_the_reaper_marks_a_silent_execution_lost_naming_its_worker_and_sends_its_next_attempt(make_task, empty_broker):
