@@ -375,8 +375,10 @@ def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_worker_an
         env=markers.env,
         timeout=60,
     )
-    executions = [
-        TaskExecution.objects.using("fault").create(
+
+    def send_one() -> TaskExecution:
+        # A pending row in the fault database and its message, sent by hand.
+        execution = TaskExecution.objects.using("fault").create(
             task=task,
             run_id=uuid.uuid4(),
             attempt=1,
@@ -386,10 +388,11 @@ def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_worker_an
             enqueued_at=now(),
             celery_task_id=str(uuid.uuid4()),
         )
-        for _ in range(8)
-    ]
-    for execution in executions:
         run_execution.apply_async(args=[execution.pk], queue="default", task_id=execution.celery_task_id)
+        return execution
+
+    for _ in range(8):
+        send_one()
     wait_for(lambda: len(markers.runs()) >= 2, timeout=30, what="two commands to start")
 
     connections["fault"].close()
@@ -417,17 +420,7 @@ def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_worker_an
     assert len(rows) == 8
     if "pool" in pool:
         # The pool, whose connections all died, serves new executions.
-        after = TaskExecution.objects.using("fault").create(
-            task=task,
-            run_id=uuid.uuid4(),
-            attempt=1,
-            status=Status.PENDING,
-            trigger=Trigger.API,
-            scheduled_for=now(),
-            enqueued_at=now(),
-            celery_task_id=str(uuid.uuid4()),
-        )
-        run_execution.apply_async(args=[after.pk], queue="default", task_id=after.celery_task_id)
+        after = send_one()
         (done,) = all_terminal(TaskExecution.objects.using("fault").filter(pk=after.pk), 1, timeout=30)
         assert done.status == Status.SUCCEEDED
         assert worker.proc.poll() is None
