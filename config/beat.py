@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import logging
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 from django_celery_beat.schedulers import DatabaseScheduler as _DatabaseScheduler
+
+from executions.db import drop_connection
 
 logger = logging.getLogger("taskhub.beat")
 
@@ -30,9 +32,6 @@ class DatabaseScheduler(_DatabaseScheduler):
             return super().tick(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
             logger.warning("Database unavailable while scheduling (%s); trying again in %gs.", exc, RETRY_AFTER)
-            try:
-                connection.close()
-            except DatabaseError:
-                pass
+            drop_connection()
             self._last_full_sync = datetime.datetime.min  # reload everything next time
             return RETRY_AFTER

@@ -261,7 +261,7 @@ if TASKHUB_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.pos
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both
     # Not checked each time one is borrowed (a round trip, twice per
     # execution): after a connection error TaskHub checks the whole pool
-    # (executions.services.check_pool).
+    # (executions.db.check_pool).
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         # Execution slots, the supervisor, and the worker's main thread.

@@ -19,6 +19,7 @@ from django.utils.timezone import now
 from kombu.exceptions import BatchPublishError
 
 from executions import supervisor
+from executions.db import check_pool, drop_connection
 from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger, hot_cursor
 from executions.runner import CommandSpec, Hooks, OutputBuffer, RunResult, build_env, run_command
 from executions.worker import shutdown_grace_expired
@@ -123,32 +124,6 @@ def _ensure_usable_connection() -> None:
     if connection.connection is not None and connection.errors_occurred:
         connection.close_if_unusable_or_obsolete()
         check_pool()
-
-
-def drop_connection() -> None:
-    """Hand back this thread's connection after a connection error, and check the pool's."""
-    try:
-        connection.close()
-    except DatabaseError:
-        pass
-    check_pool()
-
-
-def check_pool() -> None:
-    """With a connection pool (TASKHUB_DB_POOL), drop every dead connection it holds.
-
-    Pooled connections are not checked each time one is borrowed (that was
-    two more round trips per execution in a threads pool): after a
-    database restart they are all dead, and one check of the pool, after
-    the first error, finds them at once instead of each retry drawing the
-    next dead one.
-    """
-    pool = getattr(connection, "pool", None)
-    if pool is not None:
-        try:
-            pool.check()
-        except Exception as exc:  # the pool reconnects in the background
-            logger.debug("Connection pool check failed: %s", exc)
 
 
 def with_db_retry(what: str, fn: Callable[[], T], *, deadline: float) -> T:

@@ -34,6 +34,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Case, F, Value, When
 from django.utils.timezone import now
 
+from executions.db import drop_connection
 from executions.models import Status, TaskExecution
 
 logger = logging.getLogger("executions")
@@ -105,8 +106,6 @@ class Supervisor:
         except DatabaseError as exc:
             # The commands go on; the next tick tries again on a fresh connection.
             logger.warning("Shared %s failed: %s", what, exc)
-            from executions.services import drop_connection
-
             drop_connection()
         except Exception:
             logger.exception("Shared %s failed.", what)
