@@ -76,7 +76,7 @@ class UnansweredCommands:
     def send(self, *commands: tuple) -> bool:
         """Send ``commands`` (in one write) without waiting for replies; False when that cannot be done."""
         with self._lock:
-            for attempt in (1, 2):
+            for _ in range(2):
                 conn = self._connection()
                 if conn is None:
                     return False
@@ -84,9 +84,7 @@ class UnansweredCommands:
                     conn.send_packed_command(conn.pack_commands(commands), check_health=False)
                     return True
                 except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    self._drop()
-                    if attempt == 2:
-                        return False
+                    self._drop()  # a fresh connection for the second try
         return False
 
     def _connection(self) -> redis.Connection | None:
