@@ -582,14 +582,6 @@ def concurrency():
         def rss() -> int:
             return sum(w.rss() for w in workers)
 
-        def cpu() -> dict[str, float]:
-            totals = cpu_seconds(workers[0])
-            for w in workers[1:]:
-                for key, value in cpu_seconds(w).items():
-                    if key.startswith("worker") or key == "commands":
-                        totals[key] += value
-            return totals
-
         task = _task("bench-sleep", "sleep 5", timeout=60, queue=queue)
         idle = rss()
         t0 = time.perf_counter()
@@ -598,7 +590,7 @@ def concurrency():
         launched = time.perf_counter() - t0
         sampler = _Sampler(rss, 0.5)  # each sample walks a thousand processes
         sampler.start()
-        cpu0 = cpu()
+        cpu0 = cpu_seconds(*workers)
         with Profiler(workers[0], "many") as prof:
             t0 = time.perf_counter()
             hostnames = [w.hostname for w in workers]
@@ -607,7 +599,7 @@ def concurrency():
                 raise RuntimeError(f"not every worker of {hostnames} answered add_consumer: {replies}")
             _wait_all(task, n, 300)
             wall = time.perf_counter() - t0
-        cpu_ms = _cpu_per(cpu0, cpu(), n)
+        cpu_ms = _cpu_per(cpu0, cpu_seconds(*workers), n)
         peak = sampler.stop()
         print(f"   CPU ms per execution: {cpu_ms}; profile: {json.dumps(prof.summary(), ensure_ascii=False)}")
         statuses = _statuses(task.executions.all())

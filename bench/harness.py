@@ -221,10 +221,10 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def cpu_seconds(worker: Worker | None = None) -> dict[str, float]:
-    """CPU seconds used so far: by PostgreSQL, Redis, this process, the worker, and the whole machine.
+def cpu_seconds(*workers: Worker) -> dict[str, float]:
+    """CPU seconds used so far: by PostgreSQL, Redis, this process, the workers, and the whole machine.
 
-    ``worker`` is its main process plus pool processes (``worker_main``,
+    ``worker`` is the workers' main processes plus their pool processes (``worker_main``,
     ``worker_pool``); ``commands`` the commands its pool processes ran and
     reaped; ``machine`` every CPU's busy time (steal excluded), which also
     holds the kernel's share (network, context switches). PostgreSQL and
@@ -251,8 +251,9 @@ def cpu_seconds(worker: Worker | None = None) -> dict[str, float]:
             continue
     me = psutil.Process().cpu_times()
     totals["bench"] = me.user + me.system
-    if worker is not None:
+    if workers:
         totals.update(worker_main=0.0, worker_pool=0.0, commands=0.0)
+    for worker in workers:
         for i, proc in enumerate(worker.processes()):
             try:
                 t = proc.cpu_times()
