@@ -255,10 +255,11 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _start_error(spec: CommandSpec, exc: OSError) -> str:
+def _start_error(spec: CommandSpec, cwd: str, exc: OSError) -> str:
     program = spec.argv[0] if spec.argv else ""
-    if spec.cwd and getattr(exc, "filename", None) == spec.cwd:
-        return f"Cannot start: working directory {spec.cwd!r}: {exc.strerror}."
+    if getattr(exc, "filename", None) == cwd:
+        # The child could not change into it: say why in words.
+        return _check_cwd(cwd) or f"Cannot start: working directory {cwd!r}: {exc.strerror}."
     if isinstance(exc, FileNotFoundError):
         return f"Cannot start: command not found: {program!r} (searched PATH={spec.env.get('PATH', '')!r})."
     if isinstance(exc, PermissionError):
@@ -284,10 +285,6 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
     if not spec.argv:
         return RunResult(outcome="not_started", error="Cannot start: the command is empty.")
     cwd = spec.cwd or tempfile.gettempdir()
-    problem = _check_cwd(cwd)
-    if problem:
-        return RunResult(outcome="not_started", error=problem)
-
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -300,7 +297,7 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
             start_new_session=True,
         )
     except OSError as exc:
-        return RunResult(outcome="not_started", error=_start_error(spec, exc))
+        return RunResult(outcome="not_started", error=_start_error(spec, cwd, exc))
     except (ValueError, TypeError) as exc:  # e.g. a NUL byte in argv or env
         return RunResult(outcome="not_started", error=f"Cannot start: {exc}.")
 
@@ -380,7 +377,10 @@ def _supervise(
     The leader is left unreaped (a zombie) so its pgid stays reserved.
     """
     pgid = proc.pid
-    sel = selectors.DefaultSelector()
+    # poll(2): no kernel object to create, fill and close for each command, as epoll
+    # has, and no limit on descriptor numbers, as select(2) has (a threads pool may
+    # run a thousand commands).
+    sel = selectors.PollSelector()
     buffers = {}
     for stream, buf in ((proc.stdout, out), (proc.stderr, err)):
         assert stream is not None
