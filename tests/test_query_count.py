@@ -238,3 +238,22 @@ def test_the_kept_cursor_follows_a_new_connection(make_task):
     assert second is not first
     assert TaskExecution.objects.get(pk=execution.pk).status == Status.PENDING
     assert [s.split()[0] for s in prepared_statements()] == ["INSERT"]
+
+
+def test_the_claim_reads_timestamps_as_the_orm_does(make_task):
+    from django.utils.timezone import now
+
+    from executions.services import claim_and_load
+
+    execution = launch(make_task(command="true"))
+    claimed = claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now())
+    by_orm = TaskExecution.objects.select_related("task").get(pk=execution.pk)
+
+    for model, expected in ((claimed, by_orm), (claimed.task, by_orm.task)):
+        stamps = [f.attname for f in model._meta.concrete_fields if f.get_internal_type() == "DateTimeField"]
+        for name in stamps:
+            value, orm_value = getattr(model, name), getattr(expected, name)
+            assert value == orm_value, name
+            # The same time zone object, not only the same instant: aware, in Django's zone.
+            assert value is None or value.tzinfo is orm_value.tzinfo is connection.timezone, name
+    assert claimed.started_at is not None and claimed.task.created_at is not None
