@@ -13,7 +13,16 @@ from datetime import datetime
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Max
 from django.utils.timezone import now
 from kombu.exceptions import BatchPublishError
@@ -291,17 +300,17 @@ def _row_plan() -> _RowPlan:
     return _row_plan_cache
 
 
-def _build_execution(row: tuple) -> TaskExecution:
+def _build_execution(row: tuple, conn: BaseDatabaseWrapper) -> TaskExecution:
     from taskhub.models import Task
 
     plan = _row_plan()
     values = list(row)
     for i, col, funcs in plan.converters:
         for func in funcs:
-            values[i] = func(values[i], col, connection)
+            values[i] = func(values[i], col, conn)
     split = len(plan.execution_attnames)
-    execution = TaskExecution.from_db(connection.alias, plan.execution_attnames, values[:split])
-    execution.task = Task.from_db(connection.alias, plan.task_attnames, values[split:])
+    execution = TaskExecution.from_db(conn.alias, plan.execution_attnames, values[:split])
+    execution.task = Task.from_db(conn.alias, plan.task_attnames, values[split:])
     return execution
 
 
@@ -314,12 +323,13 @@ def load_for_run(execution_id: int) -> TaskExecution:
     are worked out once per process. Raise TaskExecution.DoesNotExist when
     the row is gone.
     """
-    with connection.cursor() as cursor:
+    conn = connections[DEFAULT_DB_ALIAS]
+    with conn.cursor() as cursor:
         cursor.execute(_row_plan().load_sql, [execution_id])
         row = cursor.fetchone()
     if row is None:
         raise TaskExecution.DoesNotExist(f"Execution {execution_id} does not exist.")
-    return _build_execution(row)
+    return _build_execution(row, conn)
 
 
 def claim_and_load(execution_id: int, *, worker: str, celery_task_id: str, due_by: datetime) -> TaskExecution | None:
@@ -335,10 +345,13 @@ def claim_and_load(execution_id: int, *, worker: str, celery_task_id: str, due_b
         Status.RUNNING.value, at, at, worker, celery_task_id,
         execution_id, Status.PENDING.value, due_by + CLAIM_CLOCK_TOLERANCE,
     ]  # fmt: skip
-    with hot_cursor(connection) as cursor:
+    # This thread's connection itself: each attribute read through the
+    # ``connection`` proxy looks the connection up again (a dozen per claim).
+    conn = connections[DEFAULT_DB_ALIAS]
+    with hot_cursor(conn) as cursor:
         cursor.execute(_row_plan().claim_sql, params)
         row = cursor.fetchone()
-    return None if row is None else _build_execution(row)
+    return None if row is None else _build_execution(row, conn)
 
 
 def command_env(execution: TaskExecution) -> dict[str, str]:
