@@ -74,5 +74,7 @@ def configure(app: Celery) -> Celery:
 app = configure(Celery("config"))
 app.autodiscover_tasks()
 
-# Worker life-cycle hooks (parent-death signal, recovery on start).
+# Worker life-cycle hooks (parent-death signal, recovery on start) and
+# TaskHub's prefork pool.
+import config.pool  # noqa: E402,F401
 import executions.worker  # noqa: E402,F401

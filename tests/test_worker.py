@@ -260,3 +260,31 @@ def test_a_disabled_task_is_skipped_by_its_schedule(celery_processes, make_task)
 
     wait_for(lambda: "disabled task" in worker.log(), timeout=30, what="the worker to skip the disabled task")
     assert TaskExecution.objects.filter(task=task).count() == 0
+
+
+def test_a_prefork_worker_holds_no_timer_for_each_finished_execution(celery_processes, make_task):
+    import socket
+
+    from config.celery import app
+    from config.pool import COMPACT_FROM
+
+    name = f"timers-{time.monotonic_ns()}"
+    celery_processes(name=f"{name}@%h")
+    # Celery's backstop limits for an hour-long timeout: each execution arms a
+    # timer in the worker's main process, due an hour later.
+    task = make_task(command="true", timeout=3600)
+    count = COMPACT_FROM + 200
+    last = [launch(task) for _ in range(count)][-1]
+    wait_for(
+        lambda: TaskExecution.objects.filter(task=task, status=Status.SUCCEEDED).count() == count,
+        timeout=120,
+        what=f"{count} executions to succeed",
+    )
+    finished(last)
+
+    stats = app.control.inspect(destination=[f"{name}@{socket.gethostname()}"], timeout=5).stats()
+    pool = next(iter(stats.values()))["pool"]
+    assert pool["implementation"] == "config.pool:TaskPool"
+    assert pool["timeouts"] == [0, 0]  # limits come with each message, none for the whole worker
+    # The cancelled timers were taken out of the heap: far fewer than one per execution.
+    assert pool["timer-entries"] <= COMPACT_FROM < count
