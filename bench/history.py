@@ -127,6 +127,8 @@ def run(n: int):
     if "testserver" not in settings.ALLOWED_HOSTS:
         settings.ALLOWED_HOSTS.append("testserver")
     admin, _ = User.objects.get_or_create(username="bench-admin", defaults={"is_staff": True, "is_superuser": True})
+    # The pages are served without collectstatic; WhiteNoise only warns of a missing directory.
+    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)
     client = Client()
     client.force_login(admin)
     rows, details = [], {"executions": count, "generate_s": seconds, "pages": {}}
