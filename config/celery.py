@@ -76,5 +76,5 @@ app.autodiscover_tasks()
 
 # Worker life-cycle hooks (parent-death signal, recovery on start) and
 # TaskHub's prefork pool.
-import config.pool  # noqa: E402,F401
+import config.prefork  # noqa: E402,F401
 import executions.worker  # noqa: E402,F401

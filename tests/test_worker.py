@@ -266,7 +266,7 @@ def test_a_prefork_worker_holds_no_timer_for_each_finished_execution(celery_proc
     import socket
 
     from config.celery import app
-    from config.pool import COMPACT_FROM
+    from config.prefork import COMPACT_FROM
 
     name = f"timers-{time.monotonic_ns()}"
     celery_processes(name=f"{name}@%h")
@@ -284,7 +284,21 @@ def test_a_prefork_worker_holds_no_timer_for_each_finished_execution(celery_proc
 
     stats = app.control.inspect(destination=[f"{name}@{socket.gethostname()}"], timeout=5).stats()
     pool = next(iter(stats.values()))["pool"]
-    assert pool["implementation"] == "config.pool:TaskPool"
+    assert pool["implementation"] == "config.prefork:TaskPool"
     assert pool["timeouts"] == [0, 0]  # limits come with each message, none for the whole worker
     # The cancelled timers were taken out of the heap: far fewer than one per execution.
     assert pool["timer-entries"] <= COMPACT_FROM < count
+
+
+def test_celerys_django_fixup_treats_taskhubs_pool_as_prefork():
+    from types import SimpleNamespace
+
+    from celery.fixups.django import DjangoWorkerFixup
+
+    from config.celery import app
+    from config.prefork import TaskPool
+
+    # It closes a connection pool a forked pool process inherited only for a prefork worker.
+    fixup = DjangoWorkerFixup(app)
+    fixup.worker = SimpleNamespace(pool_cls=TaskPool)
+    assert fixup._is_prefork()

@@ -12,6 +12,8 @@ as many entries as there are jobs running.
 
 Used for every worker started on the prefork pool (``worker_init`` swaps
 it in); ``celery inspect stats`` shows the heap's size as ``timer-entries``.
+The module's name keeps "prefork" in it: Celery's Django fix-up looks for
+that word to close a connection pool a pool process inherited.
 """
 
 from __future__ import annotations
