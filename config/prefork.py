@@ -7,8 +7,9 @@ that timer cancelled: the entry stays in the heap until the time it was
 due (kombu's ``Timer.cancel``). With a one-hour timeout and a few hundred
 jobs a second that is a million entries, about 600 bytes each, held by
 the worker's main process (celery/celery#1129, #5200). This pool takes the
-cancelled ones out once they are at least half the heap, so it holds about
-as many entries as there are jobs running.
+cancelled ones out whenever the heap has doubled since it last did (and
+holds at least 512), so it holds at most about twice as many entries as
+there are timers still armed, a few per running job.
 
 Used for every worker started on the prefork pool (``worker_init`` swaps
 it in); ``celery inspect stats`` shows the heap's size as ``timer-entries``.
