@@ -13,8 +13,9 @@ does exactly what a fresh one per call did.
 
 Task events (transport option ``unanswered_exchanges``: Celery's event
 exchange) go out on a connection of their own on which Redis sends no
-replies (``UnansweredCommands``), and so do acks (``unanswered_acks``):
-a worker's main loop no longer waits for a round trip per event and ack.
+replies (``UnansweredCommands``), and so does kombu's record of each
+delivered message, from delivery to ack (``unanswered_acks``): a worker's
+main loop no longer waits for a round trip per event, delivery and ack.
 
 TaskHub's Celery app uses this transport for ``redis://`` broker URLs
 (settings ``CELERY_BROKER_TRANSPORT``); other schemes keep kombu's own.
@@ -28,6 +29,7 @@ import logging
 import os
 import select
 import threading
+import time
 from contextlib import contextmanager
 
 import kombu
@@ -47,16 +49,22 @@ logger = logging.getLogger("taskhub.broker")
 class UnansweredCommands:
     """Commands on a Redis connection of its own on which Redis sends no replies (CLIENT REPLY OFF).
 
-    A worker publishes two or three task events per execution and acks its
-    message, each a round trip that blocks its main loop while Redis
-    answers with what no one reads (how many subscribers got an event, how
-    many keys an ack removed): with redis-py borrowing a connection from
+    A worker publishes two or three task events per execution, records
+    each message delivered to it until it acks it (kombu's safety net, to
+    hand the message back if the worker stops) and acks it: each a round
+    trip that blocks its main loop while Redis answers with what no one
+    reads (how many subscribers got an event, how many keys were set or
+    removed): with redis-py borrowing a connection from
     the pool, checking it, sending, waiting and parsing, 0.1-0.2 ms of CPU
     each. Here each is one write. Events are monitoring (Flower, ``celery
     events``): Redis drops them anyway when no one subscribes, and TaskHub's
     record of a run is in the database. An ack that never arrived leaves
     the message to come back after the visibility timeout, as after a
     worker crash; its execution is no longer pending, so nothing runs twice.
+    A delivery record that never arrived only means kombu cannot hand that
+    message back to its queue (worker shutdown or death before the
+    command started): its execution is still pending, and the reconciler
+    sends it again, as for any message the broker lost.
 
     Before each write the socket is polled: a connection Redis closed
     (restart, idle timeout) is readable, and is replaced instead of
@@ -137,6 +145,22 @@ class UnansweredCommands:
 
 
 class QoS(kombu_redis.QoS):
+    def append(self, message, delivery_tag):
+        # kombu's record of a delivered message until its ack (the same
+        # MULTI/ZADD/HSET/EXEC), unanswered where the channel says so.
+        if self.channel.unanswered_acks:
+            delivery = message.delivery_info
+            record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            if self.channel.send_unanswered(
+                ("MULTI",),
+                ("ZADD", self.unacked_index_key, time.time(), delivery_tag),
+                ("HSET", self.unacked_key, delivery_tag, record),
+                ("EXEC",),
+            ):
+                virtual.QoS.append(self, message, delivery_tag)
+                return
+        super().append(message, delivery_tag)
+
     def ack(self, delivery_tag):
         # kombu's ack (the same MULTI/ZREM/HDEL/EXEC), unanswered where the channel says so
         if self.channel.unanswered_acks and self.channel.send_unanswered(

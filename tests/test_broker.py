@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 import redis
@@ -324,7 +325,7 @@ def test_a_server_that_refuses_client_reply_gets_events_the_usual_way(caplog):
         admin.acl_deluser(user)
 
 
-def test_an_ack_goes_out_without_a_round_trip_and_clears_the_message(monkeypatch):
+def test_a_delivery_and_its_ack_go_out_without_a_round_trip(monkeypatch):
     queue = Queue("taskhub-test-unanswered-ack", Exchange("taskhub-test-unanswered-ack"), "taskhub-test-unanswered-ack")
     admin = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     pipelines: list[list[str]] = []
@@ -336,14 +337,18 @@ def test_an_ack_goes_out_without_a_round_trip_and_clears_the_message(monkeypatch
 
     with app.connection_for_write() as conn, conn.SimpleQueue(queue) as sq:
         sq.put({"n": 1})
+        monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
         message = sq.get(timeout=5)
         channel = message.channel
         tag = message.delivery_tag
-        assert admin.hexists(channel.unacked_key, tag)  # kombu's safety net while it runs
-        monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+        # kombu's safety net while it runs: the message kept under its tag, to hand back if the worker stops.
+        wait_for(lambda: admin.hexists(channel.unacked_key, tag), timeout=5, what="the delivery record")
+        assert json.loads(admin.hget(channel.unacked_key, tag))[0] == message._raw
+        assert admin.zscore(channel.unacked_index_key, tag) == pytest.approx(time.time(), abs=60)
         message.ack()
         monkeypatch.undo()
-        assert pipelines == []  # kombu's own ack is a MULTI/ZREM/HDEL/EXEC pipeline, waiting for EXEC's reply
+        # kombu's own are MULTI/ZADD/HSET/EXEC and MULTI/ZREM/HDEL/EXEC pipelines, waiting for EXEC's reply.
+        assert pipelines == []
         wait_for(
             lambda: (
                 not admin.hexists(channel.unacked_key, tag) and admin.zscore(channel.unacked_index_key, tag) is None
@@ -357,6 +362,22 @@ def test_an_ack_goes_out_without_a_round_trip_and_clears_the_message(monkeypatch
             sq.get(timeout=0.5)
 
 
+def test_a_message_delivered_and_not_acked_goes_back_to_its_queue_when_the_connection_closes():
+    queue = Queue("taskhub-test-restore", Exchange("taskhub-test-restore"), "taskhub-test-restore")
+    admin = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with app.connection_for_write() as conn, conn.SimpleQueue(queue) as sq:
+        sq.put({"n": 1})
+        message = sq.get(timeout=5)
+        channel = message.channel
+        wait_for(lambda: admin.hexists(channel.unacked_key, message.delivery_tag), timeout=5, what="the record")
+    # Closing the connection handed the message back (a worker's warm shutdown does so).
+    assert not admin.hexists(channel.unacked_key, message.delivery_tag)
+    with app.connection_for_write() as again, again.SimpleQueue(queue) as sq:
+        restored = sq.get(timeout=5)
+        assert restored.payload == {"n": 1}
+        restored.ack()
+
+
 def test_a_late_ack_after_the_broker_connection_was_lost_goes_kombus_way():
     # What a worker does after a reconnect: a task that ran through the outage
     # acks on its old, closed channel (once an AttributeError that stopped the worker).
@@ -367,6 +388,7 @@ def test_a_late_ack_after_the_broker_connection_was_lost_goes_kombus_way():
         sq.put({"n": 1})
         message = sq.get(timeout=5)
         channel = message.channel
+        wait_for(lambda: admin.hexists(channel.unacked_key, message.delivery_tag), timeout=5, what="the record")
         conn.close()  # kombu restores the unacked message to its queue
         assert channel.closed
         message.ack()  # kombu's pipeline on the channel's client, reconnecting
