@@ -5,7 +5,8 @@ JSON. Environment: DATABASE_URL / CELERY_BROKER_URL name the servers;
 BENCH_DATABASE (taskhub_bench) and BENCH_REDIS_DB (10) are the benchmark's
 own database and Redis db; BENCH_ONLY=throughput,latency,… runs a subset;
 BENCH_SCALE scales the counts (e.g. 0.1 for a quick look); BENCH_ROUNDS
-(default 5) is how many alternating rounds the throughput figure runs;
+(default 5) is how many alternating rounds the throughput figure runs,
+BENCH_BLOCKS (default 4) in how many blocks per side, taking turns;
 BENCH_CONCURRENCY_PROCESSES (default: cores) and BENCH_CONCURRENCY_POOL
 (threads) are the concurrency figure's worker processes and pool;
 BENCH_OUTPUT is the JSON path.
