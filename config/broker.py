@@ -145,29 +145,29 @@ class UnansweredCommands:
 
 
 class QoS(kombu_redis.QoS):
+    """kombu's bookkeeping of delivered messages: its MULTI/…/EXEC transactions, unanswered where the channel says so."""
+
+    def _transaction_unanswered(self, *commands: tuple) -> bool:
+        """Send ``commands`` in MULTI/EXEC without waiting for the reply; False: send them kombu's way."""
+        return self.channel.unanswered_acks and self.channel.send_unanswered(("MULTI",), *commands, ("EXEC",))
+
     def append(self, message, delivery_tag):
-        # kombu's record of a delivered message until its ack (the same
-        # MULTI/ZADD/HSET/EXEC), unanswered where the channel says so.
+        # The record of a delivered message until its ack (built only when it can go unanswered).
         if self.channel.unanswered_acks:
             delivery = message.delivery_info
             record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-            if self.channel.send_unanswered(
-                ("MULTI",),
+            if self._transaction_unanswered(
                 ("ZADD", self.unacked_index_key, time.time(), delivery_tag),
                 ("HSET", self.unacked_key, delivery_tag, record),
-                ("EXEC",),
             ):
                 virtual.QoS.append(self, message, delivery_tag)
                 return
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag):
-        # kombu's ack (the same MULTI/ZREM/HDEL/EXEC), unanswered where the channel says so
-        if self.channel.unanswered_acks and self.channel.send_unanswered(
-            ("MULTI",),
+        if self._transaction_unanswered(
             ("ZREM", self.unacked_index_key, delivery_tag),
             ("HDEL", self.unacked_key, delivery_tag),
-            ("EXEC",),
         ):
             virtual.QoS.ack(self, delivery_tag)
             return
