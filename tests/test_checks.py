@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 from taskhub.checks import check_liveness_settings, check_single_host_broker
 
 
@@ -33,3 +38,35 @@ def test_the_filesystem_broker_with_a_shared_database_is_warned_about(settings):
     assert ids(check_single_host_broker()) == ["taskhub.W001"]
     settings.BROKER_SCHEME = "redis"
     assert check_single_host_broker() == []
+
+
+# -- settings from the environment -----------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_connection_options_in_the_database_url_reach_postgresql():
+    """The README's way to trade durability for throughput: ``?options=-c synchronous_commit=off``."""
+    from django.db import connection
+
+    from tests.conftest import database_url_for_subprocess, subprocess_env
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL connection options")
+    url = database_url_for_subprocess() + "?options=-c%20synchronous_commit%3Doff"
+    code = (
+        "import django; django.setup()\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as c:\n"
+        "    c.execute('SHOW synchronous_commit')\n"
+        "    print(c.fetchone()[0])\n"
+    )
+    for given, expected in ((url, "off"), (database_url_for_subprocess(), "on")):
+        shown = subprocess.run(
+            [sys.executable, "-c", code],
+            env=subprocess_env(DATABASE_URL=given),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()[-1]
+        assert shown == expected
