@@ -73,6 +73,23 @@ def die_with_the_worker(**kwargs: object) -> None:
         logger.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
+def warn_if_commits_do_not_wait() -> None:
+    """Say so in the log when this worker's commits do not wait for their flush (``synchronous_commit=off``)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        (value,) = cursor.fetchone()
+    if value == "off":
+        logger.warning(
+            "PostgreSQL's synchronous_commit is off for this worker: its commits do not wait for their flush, "
+            "and a crash of PostgreSQL or its host can lose the last of them: a claim undone lets a command "
+            "run twice, an outcome lost is recorded as lost (README, Reliability)."
+        )
+
+
 @worker_ready.connect
 def recover_previous_life(sender: object = None, **kwargs: object) -> None:
     from django.db import connection
@@ -83,6 +100,7 @@ def recover_previous_life(sender: object = None, **kwargs: object) -> None:
     if not hostname:
         return
     try:
+        warn_if_commits_do_not_wait()
         count = recover_host(hostname, started_before=_started_at)
         if count:
             logger.warning("Worker %s found %s execution(s) from its previous run; marked lost.", hostname, count)
