@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import redis
 from django.db import connection
@@ -177,8 +177,6 @@ ASYNC_COMMIT = "-c synchronous_commit=off"
 
 def _async_commit_url(url: str) -> str:
     """``url`` with the connection option that makes every commit of its sessions asynchronous."""
-    from urllib.parse import quote
-
     return f"{url}{'&' if '?' in url else '?'}options={quote(ASYNC_COMMIT)}"
 
 
@@ -242,7 +240,7 @@ def throughput():
     of each execution costs on this machine. Within a
     round each side runs its executions in blocks (``BENCH_BLOCKS``, 4),
     the sides taking turns block by block, in an order that rotates: a
-    shared machine's speed drifts within seconds, and the three sides of a
+    shared machine's speed drifts within seconds, and the four sides of a
     round then meet it alike instead of one after the other.
     """
     blocks = max(1, int(os.environ.get("BENCH_BLOCKS", "4")))
