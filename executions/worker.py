@@ -75,13 +75,18 @@ def die_with_the_worker(**kwargs: object) -> None:
 
 def warn_if_commits_do_not_wait() -> None:
     """Say so in the log when this worker's commits do not wait for their flush (``synchronous_commit=off``)."""
-    from django.db import connection
+    from django.db import DatabaseError, connection
 
     if connection.vendor != "postgresql":
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW synchronous_commit")
-        (value,) = cursor.fetchone()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            (value,) = cursor.fetchone()
+    except DatabaseError as exc:
+        # Only a warning is at stake: the recovery that follows must still run.
+        logger.warning("Could not read PostgreSQL's synchronous_commit: %s", exc)
+        return
     if value == "off":
         logger.warning(
             "PostgreSQL's synchronous_commit is off for this worker: its commits do not wait for their flush, "
