@@ -109,6 +109,11 @@ def database_url_for_subprocess() -> str:
     return f"postgres://{auth}{host}{port}/{cfg['NAME']}"
 
 
+def async_commit_database_url() -> str:
+    """The test database's URL with the connection option the README shows: commits that do not wait for their flush."""
+    return database_url_for_subprocess() + "?options=-c%20synchronous_commit%3Doff"
+
+
 def purge_broker() -> None:
     """Drop messages left in the test broker by earlier tests."""
     if settings.BROKER_SCHEME in {"redis", "rediss"}:

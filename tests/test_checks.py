@@ -48,11 +48,10 @@ def test_connection_options_in_the_database_url_reach_postgresql():
     """The README's way to trade durability for throughput: ``?options=-c synchronous_commit=off``."""
     from django.db import connection
 
-    from tests.conftest import database_url_for_subprocess, subprocess_env
+    from tests.conftest import async_commit_database_url, database_url_for_subprocess, subprocess_env
 
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL connection options")
-    url = database_url_for_subprocess() + "?options=-c%20synchronous_commit%3Doff"
     code = (
         "import django; django.setup()\n"
         "from django.db import connection\n"
@@ -60,7 +59,7 @@ def test_connection_options_in_the_database_url_reach_postgresql():
         "    c.execute('SHOW synchronous_commit')\n"
         "    print(c.fetchone()[0])\n"
     )
-    for given, expected in ((url, "off"), (database_url_for_subprocess(), "on")):
+    for given, expected in ((async_commit_database_url(), "off"), (database_url_for_subprocess(), "on")):
         shown = subprocess.run(
             [sys.executable, "-c", code],
             env=subprocess_env(DATABASE_URL=given),

@@ -14,7 +14,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from executions.models import Status, TaskExecution, Trigger
 from executions.tasks import run_execution
 from taskhub.services import launch
-from tests.conftest import database_url_for_subprocess, finished, group_members, processes_of_execution, wait_for
+from tests.conftest import async_commit_database_url, finished, group_members, processes_of_execution, wait_for
 
 PY = sys.executable
 
@@ -309,8 +309,6 @@ def test_celerys_django_fixup_treats_taskhubs_pool_as_prefork():
 def test_a_worker_whose_commits_do_not_wait_for_their_flush_says_so_at_start(celery_processes):
     warning = "synchronous_commit is off for this worker"
     durable = celery_processes()
-    relaxed = celery_processes(
-        env={"DATABASE_URL": database_url_for_subprocess() + "?options=-c%20synchronous_commit%3Doff"}
-    )
+    relaxed = celery_processes(env={"DATABASE_URL": async_commit_database_url()})
     assert warning in relaxed.log()
     assert warning not in durable.log()
