@@ -4,7 +4,8 @@ Prints a table (figure, baseline, TaskHub, ratio, target) and writes it as
 JSON. Environment: DATABASE_URL / CELERY_BROKER_URL name the servers;
 BENCH_DATABASE (taskhub_bench) and BENCH_REDIS_DB (10) are the benchmark's
 own database and Redis db (the throughput figure makes and drops a scratch
-database beside it, BENCH_DATABASE_flush, for its probe of the commit flush); BENCH_ONLY=throughput,latency,… runs a subset;
+database beside it, BENCH_DATABASE_flush, for its probe of the commit
+flush); BENCH_ONLY=throughput,latency,… runs a subset;
 BENCH_SCALE scales the counts (e.g. 0.1 for a quick look); BENCH_ROUNDS
 (default 5) is how many alternating rounds the throughput figure runs,
 BENCH_BLOCKS (default 4) in how many blocks per side, taking turns;
