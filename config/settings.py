@@ -208,13 +208,6 @@ elif BROKER_SCHEME in {"redis", "rediss"}:
         # message for a running execution is a no-op thanks to the claim.
         "visibility_timeout": env_number("TASKHUB_VISIBILITY_TIMEOUT", 2 * 3600, minimum=60),
     }
-    if BROKER_SCHEME == "redis" and env_bool("TASKHUB_REDIS_CLIENT_REUSE", True):
-        # kombu's Redis transport with one Redis client per channel instead of
-        # one per message published (config/broker.py).
-        CELERY_BROKER_TRANSPORT = "config.broker:Transport"
-        # Task events and acks go out without waiting for Redis's reply (config/broker.py).
-        CELERY_BROKER_TRANSPORT_OPTIONS["unanswered_exchanges"] = ["celeryev"]
-        CELERY_BROKER_TRANSPORT_OPTIONS["unanswered_acks"] = True
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -269,16 +262,6 @@ if TASKHUB_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.pos
         "max_size": TASKHUB_THREAD_DB_CONNECTIONS + 2,
         "timeout": 60,  # seconds a thread waits for a free connection
     }
-# Let PostgreSQL prepare the few statements every execution runs (launch
-# INSERT, claim, outcome UPDATE) once per connection instead of parsing and
-# planning them each time. Turn off behind a pooler that cannot keep prepared
-# statements (PgBouncer in transaction mode before 1.21).
-TASKHUB_DB_PREPARE = env_bool("TASKHUB_DB_PREPARE", True)
-if TASKHUB_DB_PREPARE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Django turns psycopg's prepared statements off (None); any number turns
-    # them back on for the cursors that ask (executions.models.hot_cursor).
-    # Django's other cursors bind on the client and are never prepared.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 # Retries due further ahead than this (seconds) are held in the database and
 # sent by the reconciler when due, so no long ETA sits in the broker.
 TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)
@@ -288,20 +271,18 @@ TASKHUB_FINAL_WRITE_RETRY = env_number("TASKHUB_FINAL_WRITE_RETRY", 300, minimum
 # On a warm shutdown (SIGTERM to a worker), seconds running commands get to
 # finish; then they are stopped and handed back to run again as a new attempt.
 TASKHUB_SHUTDOWN_GRACE = env_number("TASKHUB_SHUTDOWN_GRACE", 60, minimum=0)
-# Extra seconds on top of timeout + kill_grace for Celery's backstop limits.
-TASKHUB_TIME_LIMIT_MARGIN = env_number("TASKHUB_TIME_LIMIT_MARGIN", 30, minimum=1)
-
 # Recovery checks, run by beat at least every half of their interval.
 # Whole seconds, rounded down: django-celery-beat stores intervals as integers.
 TASKHUB_RECOVER_EVERY = max(1, int(min(TASKHUB_LOST_AFTER, TASKHUB_REQUEUE_AFTER) / 2))
+# Two entries, so that neither check waits on the other. The database
+# scheduler reads expire_seconds (it ignores "expires"): a check nobody ran
+# in time is dropped, not piled up for later.
 CELERY_BEAT_SCHEDULE = {
-    "taskhub-recover": {
-        "task": "executions.recover",
-        "schedule": TASKHUB_RECOVER_EVERY,
-        # The database scheduler reads expire_seconds (it ignores "expires"):
-        # a check nobody ran in time is dropped, not piled up for later.
-        "options": {"expire_seconds": TASKHUB_RECOVER_EVERY},
-    },
+    name: {"task": task, "schedule": TASKHUB_RECOVER_EVERY, "options": {"expire_seconds": TASKHUB_RECOVER_EVERY}}
+    for name, task in (
+        ("taskhub-reap-lost", "executions.reap_lost"),
+        ("taskhub-reconcile-pending", "executions.reconcile_pending"),
+    )
 }
 if BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}:
     CELERY_TASK_QUEUE_MAX_PRIORITY = 10

@@ -10,10 +10,10 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from executions.lifecycle import RetryRefused, retry_run, run_again
 from executions.models import InvalidTransition, Status, TaskExecution
-from executions.services import retry_execution
 from taskhub.admin import status_badge
-from taskhub.models import Task
+from taskhub.models import Task, TaskDisabled
 
 
 def _seconds(value) -> str:
@@ -63,7 +63,7 @@ class TaskExecutionAdmin(admin.ModelAdmin):
     # No COUNT(*) over the whole table on every page: history grows to millions.
     show_full_result_count = False
     paginator = CappedCountPaginator
-    actions = ("cancel", "retry")
+    actions = ("cancel", "retry", "run_again")
     fieldsets = (
         (None, {"fields": ("task_link", "status_display", "attempt", "run_link", "trigger", "triggered_by", "error")}),
         (
@@ -171,11 +171,25 @@ class TaskExecutionAdmin(admin.ModelAdmin):
         done, refused = 0, []
         for execution in queryset.select_related("task"):
             try:
-                retry_execution(execution, user=request.user)
+                retry_run(execution, user=request.user)
                 done += 1
-            except ValueError as exc:
+            except RetryRefused as exc:
                 refused.append(f"#{execution.pk}: {exc}")
         if done:
             self.message_user(request, f"Started {done} new attempt(s).", messages.SUCCESS)
         if refused:
             self.message_user(request, "Not retried: " + "; ".join(refused), messages.WARNING)
+
+    @admin.action(description="Run again (a new run of each selected execution's task)", permissions=["run"])
+    def run_again(self, request: HttpRequest, queryset: QuerySet[TaskExecution]) -> None:
+        done, refused = 0, []
+        for execution in queryset.select_related("task"):
+            try:
+                run_again(execution, user=request.user)
+                done += 1
+            except (TaskDisabled, ValueError) as exc:
+                refused.append(f"#{execution.pk}: {exc}")
+        if done:
+            self.message_user(request, f"Started {done} new run(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not started: " + "; ".join(refused), messages.WARNING)

@@ -8,8 +8,9 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from executions.models import InvalidTransition, TaskExecution
-from executions.services import retry_execution
+from executions.lifecycle import RetryRefused, retry_run, run_again
+from executions.models import InvalidTransition, TaskExecution, Trigger
+from taskhub.models import TaskDisabled
 from taskhub.permissions import CanRunTasks, ModelPermissions
 
 
@@ -67,11 +68,31 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
     @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanRunTasks])
     def retry(self, request: Request, pk: str | None = None) -> Response:
+        """Add an attempt to this execution's run: only when its latest attempt is finished and it has not succeeded."""
         execution = self.get_object()
         try:
-            new = retry_execution(execution, user=request.user)
-        except ValueError as exc:
+            new = retry_run(execution, user=request.user, trigger=Trigger.API)
+        except RetryRefused as exc:
             return Response(
                 {"detail": f"Execution {execution.pk} cannot be retried: {exc}."}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(self.get_serializer(new).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="run-again",
+        permission_classes=[permissions.IsAuthenticated, CanRunTasks],
+    )
+    def run_again(self, request: Request, pk: str | None = None) -> Response:
+        """Start a new run of this execution's task, as the task is defined now."""
+        execution = self.get_object()
+        try:
+            new = run_again(execution, user=request.user, trigger=Trigger.API)
+        except (TaskDisabled, ValueError) as exc:
+            return Response(
+                {"detail": f"Execution {execution.pk}'s task cannot run again: {exc}"},
+                status=status.HTTP_409_CONFLICT,
             )
         return Response(self.get_serializer(new).data, status=status.HTTP_202_ACCEPTED)

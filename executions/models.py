@@ -1,71 +1,13 @@
 from __future__ import annotations
 
-import contextlib
-import functools
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connections, models, router
+from django.db import DEFAULT_DB_ALIAS, models
 from django.utils.timezone import now
 
-
-def hot_cursor(conn):
-    """A cursor for the statements on every execution's path (launch, claim, outcome).
-
-    On PostgreSQL (unless TASKHUB_DB_PREPARE is off) its statements are
-    bound on the server and prepared once per connection, so PostgreSQL
-    skips parsing and planning them on each execution; the cursor itself is
-    made once per connection too and kept (use it in a ``with`` block, which
-    leaves it open). Otherwise, and while queries are logged (DEBUG, a test
-    capturing them: a prepared statement leaves no SQL text to log), a plain
-    cursor, closed at the end of the ``with`` block. Either way it is
-    Django's cursor wrapper: errors and execute wrappers work as for
-    ``conn.cursor()``.
-    """
-    if conn.vendor != "postgresql" or not settings.TASKHUB_DB_PREPARE or conn.queries_logged:
-        return conn.cursor()
-    conn.close_if_health_check_failed()
-    conn.ensure_connection()
-    # Django's connection objects are per thread, and so is this cache; a
-    # new connection (reconnect, pool checkout) or time zone gets a new cursor.
-    kept = conn.__dict__.get("_taskhub_hot_cursor")  # (connection, time zone, cursor)
-    if kept is None or kept[0] is not conn.connection or kept[1] != conn.timezone:
-        with conn.wrap_database_errors:
-            cursor = _prepared_cursor_class()(conn.connection)
-            _use_timestamp_loader(conn, cursor)
-            kept = conn.__dict__["_taskhub_hot_cursor"] = (conn.connection, conn.timezone, conn._prepare_cursor(cursor))
-    return contextlib.nullcontext(kept[2])
-
-
-def _use_timestamp_loader(conn, cursor) -> None:
-    """Have ``cursor`` read timestamps as Django's own cursors do: aware, in the connection's time zone.
-
-    Django's loader parses each value in Python and then sets the time
-    zone; when both Django and the session are in UTC (Django sets the
-    session's time zone when it connects), psycopg's own loader, in C,
-    gives the same datetime (UTC) several µs sooner per value: the
-    claim reads seven of them on every execution.
-    """
-    import psycopg
-    from django.db.backends.postgresql import base
-
-    if conn.timezone is UTC and conn.connection.info.parameter_status("TimeZone") == "UTC":
-        loader = psycopg.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT)
-        cursor.adapters.register_loader(base.TIMESTAMPTZ_OID, loader)
-    elif conn.timezone != conn.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT).timezone:
-        base.register_tzloader(conn.timezone, cursor)  # as Django's create_cursor
-
-
-@functools.cache
-def _prepared_cursor_class():
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
-    class PreparedCursor(ServerBindingCursor):
-        def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=True, binary=binary)
-
-    return PreparedCursor
+from executions import statements
 
 
 class InvalidTransition(Exception):
@@ -146,19 +88,37 @@ class TaskExecution(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True, help_text="Empty when a signal ended the command.")
     signal = models.IntegerField(null=True, blank=True, help_text="The signal number that ended the command.")
-    stdout = models.TextField(blank=True, default="")
-    stderr = models.TextField(blank=True, default="")
-    output_truncated = models.BooleanField(default=False)
-    error = models.TextField(blank=True, default="", help_text="Why the attempt failed, in words.")
-    worker = models.CharField(max_length=255, blank=True, default="")
+    stdout = models.TextField(blank=True, default="", db_default="")
+    stderr = models.TextField(blank=True, default="", db_default="")
+    output_truncated = models.BooleanField(default=False, db_default=False)
+    error = models.TextField(blank=True, default="", db_default="", help_text="Why the attempt failed, in words.")
+    worker = models.CharField(max_length=255, blank=True, default="", db_default="")
     pid = models.IntegerField(null=True, blank=True)
-    celery_task_id = models.CharField(max_length=255, blank=True, default="")
+    celery_task_id = models.CharField(max_length=255, blank=True, default="", db_default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     max_rss_kb = models.BigIntegerField(null=True, blank=True)
     cpu_user = models.FloatField(null=True, blank=True)
     cpu_system = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(default=now, db_index=False)
+    handed_back = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Stopped by its worker's warm shutdown and handed back; not counted against the retries.",
+    )
+    # What the attempt runs, copied from the task when the run was launched:
+    # a later edit of the task cannot change what a pending attempt runs, and
+    # the record says what ran. Empty (argv null) on a row made outside the
+    # launch path until it runs.
+    command = models.TextField(blank=True, default="", db_default="", help_text="The command line as launched.")
+    shell = models.BooleanField("run through shell", default=False, db_default=False)
+    argv = models.JSONField(null=True, blank=True, help_text="The argument vector the command ran with.")
+    working_dir = models.CharField("working directory", max_length=500, blank=True, default="", db_default="")
+    env = models.JSONField(
+        "environment", null=True, blank=True, help_text="The task's extra environment when the run was launched."
+    )
+    timeout = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds the attempt was allowed.")
+    kill_grace = models.PositiveIntegerField(null=True, blank=True)
 
     objects = TaskExecutionQuerySet.as_manager()
 
@@ -224,71 +184,69 @@ class TaskExecution(models.Model):
         """
         if new_status not in TRANSITIONS[self.status]:
             raise InvalidTransition(self, new_status)
-        updated = self._conditional_update({"status": new_status, **fields})
+        updated = TaskExecution.objects.filter(pk=self.pk, status=self.status).update(status=new_status, **fields)
         if not updated:
             # Someone else moved the row first (claim, cancel, reaper): theirs stands.
             return False
+        self._moved(new_status, fields)
+        return True
+
+    def record_outcome(self, status: str, **fields: object) -> bool:
+        """Finish a running attempt with the worker's outcome: the named OUTCOME statement.
+
+        The same guarded move as ``transition`` for the one write every
+        execution makes at its end. A row that had no snapshot (made outside
+        the launch path) gets the one it ran with.
+        """
+        if status not in TRANSITIONS[self.status] or self.status != Status.RUNNING:
+            raise InvalidTransition(self, status)
+        fields.setdefault("finished_at", now())
+        values = {name: fields.get(name, getattr(self, name)) for name in statements.OUTCOME_COLUMNS}
+        values["status"] = status
+        snapshot = None
+        if self._snapshot_unsaved:
+            snapshot = {name: getattr(self, name) for name in statements.SNAPSHOT_COLUMNS}
+        if not statements.record_outcome(self.pk, values, snapshot=snapshot):
+            return False
+        self._snapshot_unsaved = False
+        self._moved(status, fields)
+        return True
+
+    def _moved(self, new_status: str, fields: dict[str, object]) -> None:
         self.status = new_status
         for name, value in fields.items():
             setattr(self, name, value)
-        return True
 
-    def insert(self) -> None:
-        """Save this new row with one ``INSERT … RETURNING id`` and set its id.
-
-        What ``save()`` does for a new row (each field's ``pre_save`` and
-        ``get_db_prep_save``), without compiling the statement every time:
-        every launch and every next attempt goes through here. Nullable
-        columns without a default that are None (most of a new row) are left
-        out of the statement: the database writes NULL, as the ORM would.
-        Model signals are not sent.
-        """
-        conn = connections[router.db_for_write(TaskExecution)]
-        if not conn.features.can_return_columns_from_insert:
-            self.save(force_insert=True)
-            return
-        left_out = tuple(f.attname for f in _NULL_BY_DEFAULT if getattr(self, f.attname) is None)
-        sql, fields = _insert_statement(conn, left_out)
-        params = [f.get_db_prep_save(f.pre_save(self, True), conn) for f in fields]
-        with hot_cursor(conn) as cursor:
-            cursor.execute(sql, params)
-            self.pk = cursor.fetchone()[0]
-        self._state.adding = False
-        self._state.db = conn.alias
-
-    def _conditional_update(self, values: dict[str, object]) -> int:
-        """``UPDATE … SET values WHERE id = pk AND status = <this instance's status>``; return the rows changed.
-
-        The same statement ``filter(pk=…, status=…).update(…)`` produces, sent
-        directly: every execution finishes through here, and the ORM spends
-        more CPU compiling that UPDATE (about 0.9 ms) than the database does
-        running it. Values go through each field's own ``get_db_prep_save``.
-        """
-        conn = connections[router.db_for_write(TaskExecution)]
-        sql, fields = _update_statement(conn, tuple(values))
-        params = [field.get_db_prep_save(value, conn) for field, value in zip(fields, values.values(), strict=True)]
-        with hot_cursor(conn) as cursor:
-            cursor.execute(sql, [*params, self.pk, self.status])
-            return cursor.rowcount
+    # Set when the snapshot was taken from the task at claim time and is not in the row yet.
+    _snapshot_unsaved = False
 
     @classmethod
-    def claim(cls, pk: int, *, worker: str, celery_task_id: str, due_by: datetime | None = None) -> bool:
-        """Move a pending, due row to running; return False if it was not.
+    def claim(
+        cls, pk: int, *, worker: str, celery_task_id: str, due_by: datetime | None = None
+    ) -> TaskExecution | None:
+        """Move a pending, due row to running and return it with its task; None if it was not pending and due.
 
         A duplicate or late message finds the row no longer pending and the
         conditional update touches nothing, so the command runs once.
         """
+        from taskhub.models import Task
+
         at = now()
-        due_by = (due_by or at) + CLAIM_CLOCK_TOLERANCE
-        return bool(
-            cls.objects.filter(pk=pk, status=Status.PENDING, scheduled_for__lte=due_by).update(
-                status=Status.RUNNING,
-                started_at=at,
-                heartbeat_at=at,
-                worker=worker,
-                celery_task_id=celery_task_id,
-            )
+        claimed = statements.claim_and_load(
+            pk,
+            at=at,
+            worker=worker,
+            celery_task_id=celery_task_id,
+            due_by=(due_by or at) + CLAIM_CLOCK_TOLERANCE,
         )
+        if claimed is None:
+            return None
+        execution_values, task_values = claimed
+        if not execution_values:  # SQLite: claimed; read it
+            return cls.objects.select_related("task").get(pk=pk)
+        execution = cls.from_db(DEFAULT_DB_ALIAS, list(execution_values), list(execution_values.values()))
+        execution.task = Task.from_db(DEFAULT_DB_ALIAS, list(task_values), list(task_values.values()))
+        return execution
 
     def finish(self, status: str, **fields: object) -> bool:
         fields.setdefault("finished_at", now())
@@ -316,6 +274,44 @@ class TaskExecution(models.Model):
             return True
         raise InvalidTransition(self, Status.CANCELLED)
 
+    # -- what an attempt runs ------------------------------------------------------
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self.argv is not None
+
+    @staticmethod
+    def snapshot_of(task) -> dict[str, object]:
+        """What ``task`` runs now, as an execution records it.
+
+        ``argv`` is None when the command line does not split (edited around
+        validation): the attempt then fails to start, with the reason.
+        """
+        try:
+            argv = task.argv()
+        except ValueError:
+            argv = None
+        return {
+            "command": task.command,
+            "shell": task.shell,
+            "argv": argv,
+            "working_dir": task.working_dir,
+            "env": dict(task.env),
+            "timeout": task.timeout,
+            "kill_grace": task.kill_grace,
+        }
+
+    def take_snapshot(self, task) -> None:
+        """Copy what ``task`` runs into this row (in memory; saved with the outcome)."""
+        for name, value in self.snapshot_of(task).items():
+            setattr(self, name, value)
+        self._snapshot_unsaved = True
+
+    def snapshot(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in statements.SNAPSHOT_COLUMNS}
+
+    # -- new rows ---------------------------------------------------------------
+
     @classmethod
     def create_pending(
         cls,
@@ -328,17 +324,19 @@ class TaskExecution(models.Model):
         scheduled_for: datetime,
         enqueued: bool,
         at: datetime,
+        snapshot: dict[str, object],
         celery_task_id: str = "",
     ) -> TaskExecution:
-        """Save a new pending attempt (one direct INSERT) and return it.
+        """Save a new pending attempt (the named LAUNCH_INSERT) and return it.
 
-        The one place a launch, a retry and a manual retry make their row.
+        The one place a launch, a retry and a hand retry make their row.
         ``enqueued`` says whether the caller sends its message now; a row
         without one is sent by the reconciler when due. ``task`` is the Task
-        (kept on the row: sending reads it) or its id.
+        (kept on the row: sending reads it) or its id. ``snapshot`` is what the
+        attempt runs (``Task.snapshot()`` or the run's earlier attempt's).
         """
         task_is_model = isinstance(task, models.Model)
-        given = {
+        values = {
             "task_id": task.pk if task_is_model else task,
             "run_id": run_id,
             "attempt": attempt,
@@ -349,76 +347,28 @@ class TaskExecution(models.Model):
             "enqueued_at": at if enqueued else None,
             "celery_task_id": celery_task_id,
             "created_at": at,
+            **snapshot,
         }
-        # Positional values, as from_db builds a model: keyword arguments cost
-        # Model.__init__ several times as much on every launch.
-        execution = cls(*[given.get(name, default) for name, default in _NEW_ROW_DEFAULTS])
+        execution = cls(**values)
+        execution.pk = statements.insert_pending(values)
+        execution._state.adding = False
+        execution._state.db = DEFAULT_DB_ALIAS
         if task_is_model:
             execution.task = task
-        execution.insert()
         return execution
 
-    def next_attempt(self, *, delay: float, enqueued: bool) -> TaskExecution:
-        """Create the pending row for the next attempt of this run, due in ``delay`` seconds."""
+    def next_attempt(self, *, delay: float, enqueued: bool, trigger: str = Trigger.RETRY) -> TaskExecution:
+        """Create the pending row for the next attempt of this run, due in ``delay`` seconds; it runs the same snapshot."""
         at = now()
         return TaskExecution.create_pending(
             # sending it reads the task: no query for it when it is at hand
             self.task if TaskExecution.task.is_cached(self) else self.task_id,
             run_id=self.run_id,
             attempt=self.attempt + 1,
-            trigger=Trigger.RETRY,
+            trigger=trigger,
             triggered_by_id=self.triggered_by_id,
             scheduled_for=at + timedelta(seconds=delay),
             enqueued=enqueued,
             at=at,
+            snapshot=self.snapshot(),
         )
-
-
-# -- the statements of every execution, worked out once per process -------------------------
-
-# Columns a new row may leave out: nullable, no default (NULL when left out).
-_NULL_BY_DEFAULT = [
-    f for f in TaskExecution._meta.concrete_fields if f.null and not f.has_default() and not f.primary_key
-]
-
-
-# (attname, value) of every column, in order: a new row's value where
-# create_pending does not set it (its constant default, else None).
-_NEW_ROW_DEFAULTS = [
-    (f.attname, f.default if f.has_default() and not callable(f.default) else None)
-    for f in TaskExecution._meta.concrete_fields
-]
-
-
-# SQL text by (kind, database vendor, columns): the same for every connection of a vendor.
-_statements: dict[tuple, tuple[str, list]] = {}
-
-
-def _insert_statement(conn, left_out: tuple[str, ...]) -> tuple[str, list]:
-    """``INSERT … RETURNING id`` for every column but the primary key and ``left_out``, and those fields."""
-    key = ("insert", conn.vendor, left_out)
-    if key not in _statements:
-        q = conn.ops.quote_name
-        opts = TaskExecution._meta
-        fields = [f for f in opts.concrete_fields if not f.primary_key and f.attname not in left_out]
-        sql = (
-            f"INSERT INTO {q(opts.db_table)} ({', '.join(q(f.column) for f in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {q(opts.pk.column)}"
-        )
-        _statements[key] = (sql, fields)
-    return _statements[key]
-
-
-def _update_statement(conn, names: tuple[str, ...]) -> tuple[str, list]:
-    """``UPDATE … SET names WHERE id = %s AND status = %s``, and the fields of ``names``."""
-    key = ("update", conn.vendor, names)
-    if key not in _statements:
-        q = conn.ops.quote_name
-        opts = TaskExecution._meta
-        fields = [opts.get_field(name) for name in names]
-        sql = (
-            f"UPDATE {q(opts.db_table)} SET {', '.join(f'{q(f.column)} = %s' for f in fields)} "
-            f"WHERE {q(opts.pk.column)} = %s AND {q('status')} = %s"
-        )
-        _statements[key] = (sql, fields)
-    return _statements[key]

@@ -7,6 +7,11 @@
 - ``recover_host``: when a worker starts, rows still ``running`` under its name
   belong to a previous life of it: their process groups are stopped (only
   when the process really is that execution's) and the rows are marked lost.
+
+Each row is handled in its own transaction: an error on one row is logged
+with its id and counted, and the others still go through, so one bad row
+cannot stall recovery. The reaper and the reconciler run as separate beat
+tasks.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils.timezone import now
 
+from executions import messaging
+from executions.lifecycle import finish, send_next
 from executions.models import Status, TaskExecution
-from executions.services import finish_and_plan_retry, send
 
 logger = logging.getLogger("executions")
 
@@ -31,15 +39,32 @@ BATCH = 500
 LOST_LOOKBACK = timedelta(days=1)
 
 
-def _retry_if_planned(outcome) -> None:
-    nxt = outcome.next_execution
-    if nxt is not None and nxt.enqueued_at is not None:
-        nxt.task = outcome.execution.task
-        send(nxt)
+def _each_row(what: str, rows: list[TaskExecution], handle: Callable[[TaskExecution], bool]) -> dict[str, int]:
+    """Call ``handle`` on each row in a transaction of its own; count what it did and what failed."""
+    counts = {"done": 0, "errors": 0}
+    for execution in rows:
+        try:
+            with transaction.atomic():
+                done = handle(execution)
+        except Exception:
+            logger.exception("Recovery (%s) failed on execution %s; going on with the others.", what, execution.pk)
+            counts["errors"] += 1
+            continue
+        counts["done"] += bool(done)
+    return counts
 
 
-def reap_lost(*, lost_after: float | None = None) -> int:
-    """Mark running executions without a recent heartbeat as lost; return how many."""
+def _mark_lost(execution: TaskExecution, error: str) -> bool:
+    outcome = finish(execution, Status.LOST, {"error": error}, retryable=True)
+    if execution.status != Status.LOST:
+        return False
+    # Sent after this row's transaction commits, as every launch.
+    transaction.on_commit(lambda: send_next(outcome, retries=None))
+    return True
+
+
+def reap_lost(*, lost_after: float | None = None) -> dict[str, int]:
+    """Mark running executions without a recent heartbeat as lost; return how many (``done``) and the ``errors``."""
     lost_after = settings.TASKHUB_LOST_AFTER if lost_after is None else lost_after
     at = now()
     cutoff = at - timedelta(seconds=lost_after)
@@ -48,19 +73,19 @@ def reap_lost(*, lost_after: float | None = None) -> int:
         .select_related("task")
         .order_by("heartbeat_at")[:BATCH]
     )
-    count = 0
-    for execution in stale:
+
+    def reap(execution: TaskExecution) -> bool:
         silent = (at - execution.heartbeat_at).total_seconds()
         error = (
             f"Lost: worker {execution.worker or '(unknown)'} stopped answering; "
             f"no heartbeat for {silent:.0f}s (limit {lost_after:.0f}s)."
         )
-        outcome = finish_and_plan_retry(execution, Status.LOST, {"error": error}, retryable=True)
-        if execution.status == Status.LOST:
-            count += 1
-            logger.warning("Execution %s marked lost: %s", execution.pk, error)
-            _retry_if_planned(outcome)
-    return count
+        if not _mark_lost(execution, error):
+            return False
+        logger.warning("Execution %s marked lost: %s", execution.pk, error)
+        return True
+
+    return _each_row("reaping lost executions", stale, reap)
 
 
 def _queue_sizes(queues: set[str]) -> dict[str, int | None]:
@@ -83,8 +108,8 @@ def _queue_sizes(queues: set[str]) -> dict[str, int | None]:
     return sizes
 
 
-def reconcile_pending(*, requeue_after: float | None = None) -> int:
-    """Send again the due pending executions nobody claimed; return how many were sent.
+def reconcile_pending(*, requeue_after: float | None = None) -> dict[str, int]:
+    """Send again the due pending executions nobody claimed; return how many were sent (``done``) and the ``errors``.
 
     Rows never sent (long retry delays held in the database) go as soon as
     they are due. Rows whose message was sent but not claimed within
@@ -104,21 +129,23 @@ def reconcile_pending(*, requeue_after: float | None = None) -> int:
         .order_by("scheduled_for")[:BATCH]
     )
     if not candidates:
-        return 0
+        return {"done": 0, "errors": 0}
     resent_queues = {c.task.queue for c in candidates if c.enqueued_at is not None}
     sizes = _queue_sizes(resent_queues) if resent_queues else {}
-    sent = 0
-    for execution in candidates:
+
+    def resend(execution: TaskExecution) -> bool:
         if execution.enqueued_at is not None and sizes.get(execution.task.queue) != 0:
-            continue
+            return False
         # Take the row for this round (another reconciler may run at the same time).
         taken = TaskExecution.objects.filter(
             pk=execution.pk, status=Status.PENDING, enqueued_at=execution.enqueued_at
         ).update(enqueued_at=at)
-        if taken and send(execution, at=at):
-            sent += 1
-            logger.info("Execution %s was due and unclaimed; its message was sent again.", execution.pk)
-    return sent
+        if not taken or not messaging.send(execution, at=at):
+            return False
+        logger.info("Execution %s was due and unclaimed; its message was sent again.", execution.pk)
+        return True
+
+    return _each_row("re-sending unclaimed executions", candidates, resend)
 
 
 def _process_is_execution(pid: int, execution_id: int) -> bool:
@@ -156,12 +183,13 @@ def recover_host(worker: str, *, started_before: datetime) -> int:
             status=Status.RUNNING, worker=worker, started_at__lt=started_before
         ).select_related("task")
     )
-    for execution in leftovers:
+    error = f"Lost: worker {worker} restarted while the command was running."
+
+    def recover(execution: TaskExecution) -> bool:
         _stop_group_if_ours(execution)
-        error = f"Lost: worker {worker} restarted while the command was running."
-        outcome = finish_and_plan_retry(execution, Status.LOST, {"error": error}, retryable=True)
-        if execution.status == Status.LOST:
-            _retry_if_planned(outcome)
+        return _mark_lost(execution, error)
+
+    _each_row(f"recovering what worker {worker} left", leftovers, recover)
     earlier = (
         TaskExecution.objects.filter(
             status=Status.LOST,

@@ -6,10 +6,8 @@ import logging
 import socket
 
 from celery import shared_task
-from django.conf import settings
 
-from executions import recovery, services
-from executions.services import broker_priority
+from executions import lifecycle, messaging, recovery
 
 logger = logging.getLogger("executions")
 
@@ -30,48 +28,37 @@ class ExecutionFailed(Exception):
 )
 def run_execution(self, execution_id: int) -> None:
     worker = self.request.hostname or socket.gethostname()
-    outcome = services.execute(int(execution_id), worker=worker, celery_task_id=self.request.id or "")
-    if outcome is None or outcome.next_execution is None:
+    outcome = lifecycle.execute(int(execution_id), worker=worker, celery_task_id=self.request.id or "")
+    if outcome is None:
         return
-    execution, nxt, delay = outcome.execution, outcome.next_execution, outcome.retry_delay
-    task = execution.task
-    if outcome.handed_back:
-        # Stopped by this worker's shutdown: the new attempt is not one of
-        # Celery's retries; another worker (or this one, restarted) takes it.
-        services.send(nxt)
+    retries = None if self.request.called_directly else self.request.retries
+    if lifecycle.send_next(outcome, retries=retries) is not messaging.Travel.CELERY_RETRY:
         return
-    if delay > settings.TASKHUB_MAX_ETA:
-        logger.info(
-            "Execution %s: attempt %s is due in %.0fs, held in the database until then.",
-            execution.pk,
-            nxt.attempt,
-            delay,
-        )
-        return
-    if self.request.called_directly or self.request.retries >= task.retry_count:
-        # A message that did not come from Celery's retry chain (re-sent by the
-        # reconciler, redelivered): Celery's counter is behind, send plainly.
-        services.send(nxt)
-        return
-    soft, hard = task.time_limits(settings.TASKHUB_TIME_LIMIT_MARGIN)
-    options = {
-        "queue": task.queue,
-        "priority": broker_priority(task.priority),
-        "soft_time_limit": soft,
-        "time_limit": hard,
-    }
+    execution, nxt = outcome.execution, outcome.next_execution
     raise self.retry(
         args=[nxt.pk],
-        countdown=delay,
-        max_retries=task.retry_count,
+        countdown=outcome.retry_delay,
+        max_retries=execution.task.retry_count,
         exc=ExecutionFailed(
             f"Attempt {execution.attempt} of execution run {execution.run_id} ended {execution.status}"
         ),
-        **options,
+        **messaging.routing(nxt),
     )
 
 
+@shared_task(name="executions.reap_lost", ignore_result=True)
+def reap_lost() -> dict[str, int]:
+    """Mark running executions whose heartbeat stopped as lost (run by beat)."""
+    return recovery.reap_lost()
+
+
+@shared_task(name="executions.reconcile_pending", ignore_result=True)
+def reconcile_pending() -> dict[str, int]:
+    """Send again the due pending executions nobody claimed (run by beat)."""
+    return recovery.reconcile_pending()
+
+
 @shared_task(name="executions.recover", ignore_result=True)
-def recover() -> dict[str, int]:
-    """Reap lost executions and re-send unclaimed pending ones (run by beat)."""
-    return {"lost": recovery.reap_lost(), "resent": recovery.reconcile_pending()}
+def recover() -> dict[str, dict[str, int]]:
+    """Both recovery checks, each on its own: the name older beat schedules stored."""
+    return {"reaped": recovery.reap_lost(), "reconciled": recovery.reconcile_pending()}

@@ -2,7 +2,7 @@
 
 - Pool processes die with the worker's main process (parent-death signal).
 - On a warm shutdown, commands still running after TASKHUB_SHUTDOWN_GRACE are
-  stopped and handed back (see ``shutdown_grace_expired``).
+  stopped and handed back (executions/shutdown.py).
 - When the worker is ready, what a previous life of it left running is
   stopped and marked lost.
 """
@@ -11,33 +11,20 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import mmap
 import signal
-import struct
-import time
 from datetime import UTC, datetime
 
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+
+from executions import shutdown
 
 logger = logging.getLogger("executions")
 
 PR_SET_PDEATHSIG = 1
 
-# The shutdown deadline (CLOCK_MONOTONIC seconds, 0 = none), in an anonymous
-# shared mapping made when this module is imported, i.e. in the worker's main
-# process before it forks its pool: the main process writes it when a warm
-# shutdown begins, pool processes read it while they supervise a command.
-# CLOCK_MONOTONIC is one clock for every process on the host.
-_shutdown_deadline = mmap.mmap(-1, struct.calcsize("d"))
 # When this worker process started; rows running under its name that were
 # claimed before it belong to a previous life of the worker.
 _started_at = datetime.now(UTC)
-
-
-def shutdown_grace_expired() -> bool:
-    """Return True once a warm shutdown of this worker has outlasted TASKHUB_SHUTDOWN_GRACE."""
-    (deadline,) = struct.unpack_from("d", _shutdown_deadline)
-    return deadline > 0 and time.monotonic() >= deadline
 
 
 @worker_shutting_down.connect
@@ -53,7 +40,7 @@ def start_shutdown_grace(sig: str = "", how: str = "", **kwargs: object) -> None
     if how != "Warm":
         return
     grace = settings.TASKHUB_SHUTDOWN_GRACE
-    struct.pack_into("d", _shutdown_deadline, 0, time.monotonic() + grace)
+    shutdown.begin_grace(grace)
     logger.warning(
         "Worker shutting down: commands still running in %gs are stopped and handed back to run again.", grace
     )

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils.timezone import now
 
-from executions import services as execution_services
+from executions import messaging
 from executions.models import TaskExecution, Trigger
 from taskhub.models import Task, TaskDisabled
 
@@ -23,7 +23,9 @@ def launch(
 ) -> TaskExecution:
     """Create the first attempt of a new run and send it once the transaction commits.
 
-    Raise TaskDisabled for a disabled task.
+    Raise TaskDisabled for a disabled task, ValueError when its command line
+    does not split. The run records what it runs (a snapshot of the task):
+    a later edit of the task does not change it.
     """
     if not task.enabled:
         raise TaskDisabled(f"Task “{task.name}” is disabled; enable it before running it.")
@@ -43,8 +45,9 @@ def launch(
         scheduled_for=due,
         enqueued=will_send,
         at=at,
+        snapshot=TaskExecution.snapshot_of(task),
         celery_task_id=str(uuid.uuid4()),
     )
     if will_send:
-        execution_services.send_on_commit(execution)
+        messaging.send_on_commit(execution)
     return execution

@@ -1,0 +1,360 @@
+"""An execution's life: claim and run it, record its outcome, plan the next attempt, retry or run again by hand.
+
+The rule for new attempts lives here and only here:
+- a run has at most one attempt that is not finished, and it is the latest;
+- when it finishes, the next attempt (number + 1) is planned in the same
+  transaction as its outcome, if the outcome is retryable and the policy
+  allows (handed-back attempts do not count against ``retry_count``);
+- a hand retry adds an attempt (latest + 1) only when the run's latest
+  attempt is finished and the run has not succeeded; otherwise it is
+  refused with the reason (``RetryRefused``) and creates nothing;
+- "run again" starts a new run of the task, with its current definition.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.utils.timezone import now
+
+from executions import messaging
+from executions.db import drop_connection
+from executions.hooks import hooks_for
+from executions.models import RETRYABLE, Status, TaskExecution, Trigger
+from executions.runner import CommandSpec, RunResult, build_env, run_command
+from taskhub.services import launch
+
+logger = logging.getLogger("executions")
+
+T = TypeVar("T")
+
+OUTCOME_STATUS = {
+    "succeeded": Status.SUCCEEDED,
+    "failed": Status.FAILED,
+    "timeout": Status.TIMEOUT,
+    "cancelled": Status.CANCELLED,
+    "not_started": Status.FAILED,
+}
+# How long a claim waits for the database to come back (seconds); after that
+# the message fails and the reconciler sends it again.
+CLAIM_DB_RETRY = 15
+
+
+class RetryRefused(Exception):
+    """A hand retry that the rule for new attempts does not allow; the message says why."""
+
+
+@dataclass
+class Outcome:
+    execution: TaskExecution
+    next_execution: TaskExecution | None = None
+    retry_delay: float = 0.0
+    handed_back: bool = False
+
+
+def with_db_retry(what: str, fn: Callable[[], T], *, deadline: float) -> T:
+    """Call ``fn`` until it gets through to the database or ``deadline`` (monotonic) passes."""
+    pause = 0.5
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError) as exc:
+            # Connection trouble only: a data or integrity error will not heal by waiting.
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("Database unavailable while %s (%s); trying again in %.1fs.", what, exc, pause)
+            drop_connection()
+            time.sleep(pause)
+            pause = min(pause * 2, 10)
+
+
+# -- running one execution ------------------------------------------------------------
+
+
+def command_env(execution: TaskExecution) -> dict[str, str]:
+    extra = dict(execution.env or {})
+    extra.update(
+        TASKHUB_TASK=execution.task.name,
+        TASKHUB_EXECUTION_ID=str(execution.pk),
+        TASKHUB_RUN_ID=str(execution.run_id),
+        TASKHUB_ATTEMPT=str(execution.attempt),
+    )
+    return build_env(extra)
+
+
+def spec_for(execution: TaskExecution) -> CommandSpec:
+    """What the runner runs: the execution's snapshot (taken from the task now if the row has none)."""
+    if not execution.has_snapshot:
+        if execution.command:  # launched with a command line that does not split
+            shlex.split(execution.command)  # raises ValueError, with the reason
+        execution.take_snapshot(execution.task)
+        if not execution.has_snapshot:
+            execution.task.argv()  # raises ValueError, with the reason
+    return CommandSpec(
+        argv=list(execution.argv),
+        timeout=execution.timeout,
+        kill_grace=execution.kill_grace,
+        env=command_env(execution),
+        cwd=execution.working_dir,
+        output_limit=settings.TASKHUB_OUTPUT_LIMIT,
+        heartbeat_interval=settings.TASKHUB_HEARTBEAT,
+        cancel_poll_interval=settings.TASKHUB_CANCEL_POLL,
+    )
+
+
+def _result_fields(result: RunResult) -> dict[str, object]:
+    error = result.error
+    if result.outcome == "timeout":
+        error = "Timed out: the command was stopped after its timeout."
+    elif result.outcome == "cancelled":
+        error = "Cancelled while running: the command was stopped."
+    return {
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "output_truncated": result.output_truncated,
+        "error": error,
+        "pid": result.pid,
+        "max_rss_kb": result.max_rss_kb,
+        "cpu_user": result.cpu_user,
+        "cpu_system": result.cpu_system,
+    }
+
+
+def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome | None:
+    """Claim, run and record one execution. Return None when the message was not ours to run."""
+    at = now()
+    # A connection broken by a database restart fails the first query; the
+    # retry reconnects, so the first message after an outage is not wasted.
+    execution = with_db_retry(
+        f"claiming execution {execution_id}",
+        lambda: TaskExecution.claim(execution_id, worker=worker, celery_task_id=celery_task_id, due_by=at),
+        deadline=time.monotonic() + CLAIM_DB_RETRY,
+    )
+    if execution is None:
+        _explain_unclaimed(execution_id, at)
+        return None
+    hooks = None
+    try:
+        spec = spec_for(execution)
+    except ValueError as exc:  # a command line that no longer splits (edited around validation)
+        result = RunResult(outcome="not_started", error=f"Cannot start: the command line cannot be split: {exc}.")
+    else:
+        hooks = hooks_for(execution)
+        try:
+            result = run_command(spec, hooks)
+        except BaseException as exc:
+            # The runner was interrupted (worker shutdown, a signal); it has
+            # stopped the command's group. Record why, send the next attempt
+            # if one is due, then pass the exception on.
+            fields = {"error": f"TaskHub stopped supervising the command: {type(exc).__name__}: {exc}".rstrip(": ")}
+            try:
+                outcome = finish(execution, Status.FAILED, fields, retryable=True)
+                send_next(outcome, retries=None)
+            except Exception:
+                logger.exception("Could not record the interruption of execution %s.", execution_id)
+            raise
+    status = OUTCOME_STATUS[result.outcome]
+    fields = _result_fields(result)
+    handed_back = result.outcome == "cancelled" and hooks is not None and hooks.stopped_for_shutdown
+    if handed_back:
+        status = Status.LOST
+        fields["error"] = (
+            f"Handed back: worker {worker} shut down and the command was still running after "
+            f"TASKHUB_SHUTDOWN_GRACE ({settings.TASKHUB_SHUTDOWN_GRACE:g}s); it was stopped and runs again "
+            "as a new attempt (not counted against the retries)."
+        )
+    return with_db_retry(
+        f"recording the outcome of execution {execution_id}",
+        lambda: finish(
+            execution,
+            status,
+            fields,
+            retryable=result.outcome != "not_started",
+            handed_back=handed_back,
+            by_worker=True,
+        ),
+        deadline=time.monotonic() + settings.TASKHUB_FINAL_WRITE_RETRY,
+    )
+
+
+def _explain_unclaimed(execution_id: int, at: datetime) -> None:
+    row = TaskExecution.objects.filter(pk=execution_id).select_related("task").first()
+    if row is None:
+        logger.warning("Execution %s does not exist (deleted?); message ignored.", execution_id)
+    elif row.status == Status.PENDING:
+        # Delivered before it is due (a message sent early by hand or a clock skew):
+        # send it again for its due time.
+        logger.info("Execution %s is not due until %s; sending it again for then.", execution_id, row.scheduled_for)
+        sent = messaging.send(row, at=at)
+        TaskExecution.objects.filter(pk=row.pk, status=Status.PENDING).update(enqueued_at=at if sent else None)
+    else:
+        logger.info(
+            "Execution %s is already %s; duplicate or late message ignored, the command is not run again.",
+            execution_id,
+            row.status,
+        )
+
+
+# -- the end of an attempt and the next one ---------------------------------------------
+
+
+def _counted_attempts(execution: TaskExecution) -> int:
+    """Attempts of this run up to ``execution`` that count against retry_count."""
+    if execution.attempt == 1:
+        return 1
+    handed_back = TaskExecution.objects.filter(
+        run_id=execution.run_id, attempt__lt=execution.attempt, handed_back=True
+    ).count()
+    return execution.attempt - handed_back
+
+
+def finish(
+    execution: TaskExecution,
+    status: str,
+    fields: dict[str, object],
+    *,
+    retryable: bool,
+    handed_back: bool = False,
+    by_worker: bool = False,
+) -> Outcome:
+    """Record the outcome of a running attempt and, in the same transaction, the next attempt's row.
+
+    ``by_worker``: the worker's own outcome, written with the named OUTCOME
+    statement; otherwise (the reaper, a worker's recovery) an ORM update. A
+    ``handed_back`` attempt (stopped by its worker's warm shutdown) always
+    gets a next attempt, due at once and not counted against retry_count.
+    """
+    outcome = Outcome(execution=execution, handed_back=handed_back)
+    fields = {**fields, "handed_back": handed_back}
+    previous_status = execution.status
+
+    def write() -> bool:
+        if by_worker:
+            done = execution.record_outcome(status, **fields)
+        else:
+            done = execution.finish(status, **fields)
+        if not done:
+            # The row left `running` meanwhile (the reaper marked it lost):
+            # its retry, if any, was planned there.
+            logger.warning(
+                "Execution %s was no longer running when it finished; outcome %s not recorded.", execution.pk, status
+            )
+        return done
+
+    may_follow = handed_back or (retryable and status in RETRYABLE)
+    if not may_follow:
+        # No next attempt can follow (succeeded, cancelled, could not start):
+        # the outcome is one conditional UPDATE, no transaction block around it.
+        write()
+        return outcome
+    try:
+        with transaction.atomic():
+            if not write():
+                return outcome
+            task = execution.task
+            if handed_back:
+                outcome.next_execution = execution.next_attempt(delay=0, enqueued=True)
+            else:
+                retry = _counted_attempts(execution)  # the retry the next attempt would be
+                if retry <= task.retry_count:
+                    delay = task.retry_delay_for(retry)
+                    outcome.next_execution = execution.next_attempt(
+                        delay=delay, enqueued=delay <= settings.TASKHUB_MAX_ETA
+                    )
+                    outcome.retry_delay = delay
+    except BaseException:
+        # Nothing was committed (e.g. the database went away before COMMIT):
+        # the row is still `previous_status`, and so must this instance be, or
+        # the next try of this write would be refused as an invalid transition.
+        execution.status = previous_status
+        raise
+    return outcome
+
+
+def send_next(outcome: Outcome, *, retries: int | None) -> messaging.Travel | None:
+    """Send the next attempt's message unless it rides Celery's retry or waits in the database.
+
+    Return how it travels (None when there is no next attempt); the caller
+    raises Celery's retry for ``Travel.CELERY_RETRY``.
+    """
+    nxt = outcome.next_execution
+    if nxt is None:
+        return None
+    if not TaskExecution.task.is_cached(nxt):
+        nxt.task = outcome.execution.task
+    travel = messaging.how_next_travels(
+        nxt, delay=outcome.retry_delay, retries=retries, handed_back=outcome.handed_back
+    )
+    if travel is messaging.Travel.SEND:
+        messaging.send(nxt)
+    elif travel is messaging.Travel.HELD:
+        logger.info(
+            "Execution %s: attempt %s is due in %.0fs, held in the database until then.",
+            outcome.execution.pk,
+            nxt.attempt,
+            outcome.retry_delay,
+        )
+    return travel
+
+
+# -- by hand -----------------------------------------------------------------------------
+
+
+def _user_id(user) -> int | None:
+    return user.pk if user is not None and user.is_authenticated else None
+
+
+def retry_run(execution: TaskExecution, *, user=None, trigger: str = Trigger.MANUAL) -> TaskExecution:
+    """Add an attempt to ``execution``'s run, by hand; raise RetryRefused with the reason when the rule forbids it."""
+    task = execution.task
+    if not task.enabled:
+        raise RetryRefused(f"task “{task.name}” is disabled")
+    latest = TaskExecution.objects.filter(run_id=execution.run_id).order_by("-attempt").first()
+    if latest is None:  # deleted meanwhile
+        raise RetryRefused("its run no longer exists")
+    if not latest.is_terminal:
+        raise RetryRefused(
+            f"attempt {latest.attempt} of its run is still {latest.status}; "
+            "wait for it to finish (or cancel it) before retrying"
+        )
+    if (
+        latest.status == Status.SUCCEEDED
+        or TaskExecution.objects.filter(run_id=execution.run_id, status=Status.SUCCEEDED).exists()
+    ):
+        raise RetryRefused("its run has succeeded; use “run again” to start a new run")
+    at = now()
+    try:
+        with transaction.atomic():
+            new = TaskExecution.create_pending(
+                task,
+                run_id=execution.run_id,
+                attempt=latest.attempt + 1,
+                trigger=trigger,
+                triggered_by_id=_user_id(user),
+                scheduled_for=at,
+                enqueued=True,
+                at=at,
+                snapshot=latest.snapshot() if latest.has_snapshot else TaskExecution.snapshot_of(task),
+                celery_task_id=str(uuid.uuid4()),
+            )
+    except IntegrityError:
+        # Another hand retry of the same run took attempt latest + 1 first.
+        raise RetryRefused("another retry of its run has just started") from None
+    messaging.send_on_commit(new)
+    return new
+
+
+def run_again(execution: TaskExecution, *, user=None, trigger: str = Trigger.MANUAL) -> TaskExecution:
+    """Start a new run of ``execution``'s task, as it is defined now."""
+    return launch(execution.task, trigger=trigger, user=user)

@@ -1,0 +1,140 @@
+"""The statements on every execution's path, written out once and named.
+
+Every execution runs three of them: the launch's INSERT, the worker's claim
+(an UPDATE that hands back the claimed row) and the outcome's UPDATE. They are
+plain SQL here rather than ORM queries because they run hundreds of times a
+second and the ORM spends more CPU compiling each than the database spends
+running it. The launch INSERT and the outcome UPDATE are the same text on
+PostgreSQL and SQLite; the claim joins the task on PostgreSQL, while SQLite,
+whose RETURNING cannot name a joined table, reads the rows after it.
+
+This module knows SQL and Django's connections, not the models: the column
+lists below must follow the models, and tests/test_statements.py fails when
+they do not.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+EXECUTIONS = "executions_taskexecution"
+TASKS = "taskhub_task"
+
+# Every column of an execution and of a task, in the models' field order.
+EXECUTION_COLUMNS = (
+    "id", "task_id", "run_id", "attempt", "status", "trigger", "triggered_by_id", "scheduled_for", "enqueued_at",
+    "started_at", "finished_at", "exit_code", "signal", "stdout", "stderr", "output_truncated", "error", "worker",
+    "pid", "celery_task_id", "heartbeat_at", "cancel_requested_at", "max_rss_kb", "cpu_user", "cpu_system",
+    "created_at", "handed_back", "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
+)  # fmt: skip
+TASK_COLUMNS = (
+    "id", "name", "description", "command", "shell", "env", "working_dir", "timeout", "kill_grace", "retry_count",
+    "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority", "enabled", "created_at",
+    "updated_at",
+)  # fmt: skip
+# Columns the database hands back as JSON text (Django reads jsonb as text too).
+_JSON_EXECUTION = tuple(i for i, name in enumerate(EXECUTION_COLUMNS) if name in ("argv", "env"))
+_JSON_TASK = tuple(i for i, name in enumerate(TASK_COLUMNS) if name == "env")
+
+# What a launch or a next attempt writes; every other column is NULL or its
+# database default (db_default on the model).
+LAUNCH_INSERT_COLUMNS = (
+    "task_id", "run_id", "attempt", "status", "trigger", "triggered_by_id", "scheduled_for", "enqueued_at",
+    "celery_task_id", "created_at", "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
+)  # fmt: skip
+LAUNCH_INSERT = (
+    f"INSERT INTO {EXECUTIONS} ({', '.join(LAUNCH_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(LAUNCH_INSERT_COLUMNS))}) RETURNING id"
+)
+
+_CLAIM_SET = "status = 'running', started_at = %s, heartbeat_at = %s, worker = %s, celery_task_id = %s"
+_CLAIM_WHERE = "e.id = %s AND e.status = 'pending' AND e.scheduled_for <= %s"
+# PostgreSQL: claim a pending, due row and hand it back with its task, in one round trip.
+CLAIM_AND_LOAD = (
+    f"UPDATE {EXECUTIONS} e SET {_CLAIM_SET} FROM {TASKS} t WHERE {_CLAIM_WHERE} AND t.id = e.task_id "
+    f"RETURNING {', '.join(f'e.{c}' for c in EXECUTION_COLUMNS)}, {', '.join(f't.{c}' for c in TASK_COLUMNS)}"
+)
+# SQLite: the same claim; the caller reads the row and its task after it.
+CLAIM = f"UPDATE {EXECUTIONS} AS e SET {_CLAIM_SET} WHERE {_CLAIM_WHERE}"
+
+OUTCOME_COLUMNS = (
+    "status", "finished_at", "exit_code", "signal", "stdout", "stderr", "output_truncated", "error", "pid",
+    "max_rss_kb", "cpu_user", "cpu_system", "handed_back",
+)  # fmt: skip
+# A row made outside the launch path ran the task as it was when claimed: its outcome records that too.
+SNAPSHOT_COLUMNS = ("command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace")
+# The attempt's end, only if the row is still running: the reaper may have marked it lost meanwhile.
+OUTCOME = (
+    f"UPDATE {EXECUTIONS} SET {', '.join(f'{c} = %s' for c in OUTCOME_COLUMNS)} WHERE id = %s AND status = 'running'"
+)
+OUTCOME_WITH_SNAPSHOT = (
+    f"UPDATE {EXECUTIONS} SET {', '.join(f'{c} = %s' for c in (*OUTCOME_COLUMNS, *SNAPSHOT_COLUMNS))} "
+    "WHERE id = %s AND status = 'running'"
+)
+
+
+def _connection() -> BaseDatabaseWrapper:
+    # The thread's connection itself, not the ``connection`` proxy, which looks it up on each attribute.
+    return connections[DEFAULT_DB_ALIAS]
+
+
+def _prep(conn: BaseDatabaseWrapper, value: object) -> object:
+    """A Python value as the database takes it, as the model fields would write it."""
+    if isinstance(value, datetime):
+        return conn.ops.adapt_datetimefield_value(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, uuid.UUID) and not conn.features.has_native_uuid_field:
+        return value.hex  # as Django's UUIDField keeps them on SQLite: 32 hex digits
+    return value
+
+
+def insert_pending(values: dict[str, object]) -> int:
+    """Run LAUNCH_INSERT with ``values`` (keyed by LAUNCH_INSERT_COLUMNS); return the new row's id."""
+    conn = _connection()
+    with conn.cursor() as cursor:
+        cursor.execute(LAUNCH_INSERT, [_prep(conn, values[c]) for c in LAUNCH_INSERT_COLUMNS])
+        return cursor.fetchone()[0]
+
+
+def claim_and_load(
+    execution_id: int, *, at: datetime, worker: str, celery_task_id: str, due_by: datetime
+) -> tuple[dict[str, object], dict[str, object]] | None:
+    """Claim a pending row due by ``due_by``; return its columns and its task's, or None when it was not claimed."""
+    conn = _connection()
+    params = [_prep(conn, at), _prep(conn, at), worker, celery_task_id, execution_id, _prep(conn, due_by)]
+    with conn.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            cursor.execute(CLAIM_AND_LOAD, params)
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            values = list(row)
+            split = len(EXECUTION_COLUMNS)
+            for i in _JSON_EXECUTION:
+                values[i] = None if values[i] is None else json.loads(values[i])
+            for i in _JSON_TASK:
+                values[split + i] = json.loads(values[split + i])
+            return dict(zip(EXECUTION_COLUMNS, values[:split], strict=True)), dict(
+                zip(TASK_COLUMNS, values[split:], strict=True)
+            )
+        cursor.execute(CLAIM, params)
+        return ({}, {}) if cursor.rowcount == 1 else None
+
+
+def record_outcome(execution_id: int, values: dict[str, object], *, snapshot: dict[str, object] | None = None) -> bool:
+    """Run OUTCOME (or OUTCOME_WITH_SNAPSHOT); return False when the row was no longer running."""
+    conn = _connection()
+    params = [_prep(conn, values[c]) for c in OUTCOME_COLUMNS]
+    sql = OUTCOME
+    if snapshot is not None:
+        params += [_prep(conn, snapshot[c]) for c in SNAPSHOT_COLUMNS]
+        sql = OUTCOME_WITH_SNAPSHOT
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [*params, execution_id])
+        return cursor.rowcount == 1
