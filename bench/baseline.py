@@ -9,12 +9,8 @@ caller needs to learn that a job ended).
 acks_late, task events, priorities, visibility timeout), read from the same
 Django settings the way Celery's Django guide shows
 (``config_from_object("django.conf:settings", namespace="CELERY")``), on
-kombu's own Redis transport. Its workers run ``-A bench.baseline:app`` on
-the queue ``baseline``. ``app_tuned`` is the same task with TaskHub's
-Celery tuning: its Redis transport (config/broker.py) and its settings kept
-at hand (config/celery.py), on the queue ``baseline-tuned``. The throughput
-figure runs it too, so the table shows how much of TaskHub's standing comes
-from that tuning rather than from what TaskHub itself adds.
+kombu's own Redis transport: TaskHub's app is configured the same way.
+Its workers run ``-A bench.baseline:app`` on the queue ``baseline``.
 """
 
 from __future__ import annotations
@@ -27,9 +23,9 @@ import time
 import redis
 from celery import Celery
 
-# The two flavours of the baseline: its queue, and the app its workers run (-A).
-QUEUES = {"stock": "baseline", "tuned": "baseline-tuned"}
-WORKER_APPS = {"stock": "bench.baseline:app", "tuned": "bench.baseline:app_tuned"}
+# The baseline's queue, and the app its workers run (-A).
+QUEUES = {"stock": "baseline"}
+WORKER_APPS = {"stock": "bench.baseline:app"}
 
 
 def _stock_app(name: str) -> Celery:
@@ -40,16 +36,7 @@ def _stock_app(name: str) -> Celery:
     return app
 
 
-def _tuned_app(name: str) -> Celery:
-    from config.celery import configure
-
-    app = configure(Celery(name))
-    app.conf.beat_schedule = {}
-    return app
-
-
 app = _stock_app("bench-baseline")
-app_tuned = _tuned_app("bench-baseline-tuned")
 
 _redis: redis.Redis | None = None
 
@@ -86,5 +73,5 @@ TASKS = {
     flavour: celery_app.task(
         bind=True, name="bench.baseline", shared=False, acks_late=True, reject_on_worker_lost=True, ignore_result=True
     )(baseline)
-    for flavour, celery_app in (("stock", app), ("tuned", app_tuned))
+    for flavour, celery_app in (("stock", app),)
 }

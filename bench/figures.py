@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from urllib.parse import quote, urlsplit
 
 import redis
@@ -26,8 +27,8 @@ from bench.harness import (
     wait_for,
     with_path,
 )
+from executions.messaging import broker_priority
 from executions.models import Status, TaskExecution
-from executions.services import broker_priority
 from taskhub.models import Task
 from taskhub.services import launch
 
@@ -90,7 +91,7 @@ def _redis() -> redis.Redis:
 
 
 def _send_baseline(argv: list[str], key: str, *, flavour: str = "stock", **kwargs) -> None:
-    """Send the baseline task through its own Celery app: plain Celery (``stock``) or ``tuned``."""
+    """Send the baseline task through its own Celery app (plain Celery)."""
     TASKS[flavour].apply_async(args=[argv, key], kwargs=kwargs, queue=QUEUES[flavour], priority=broker_priority(5))
 
 
@@ -166,11 +167,9 @@ def _median(values: list[float]) -> float:
 
 
 # The sides of the throughput figure: the baseline on plain Celery (what the
-# target is against), the same baseline with TaskHub's Celery tuning (its
-# Redis transport, config/broker.py, and its settings kept at hand,
-# config/celery.py), TaskHub, and TaskHub on PostgreSQL's asynchronous
+# target is against), TaskHub, and TaskHub on PostgreSQL's asynchronous
 # commit (what its three durable commits cost; not TaskHub's default).
-SIDES = ("baseline", "baseline_tuned", "taskhub", "taskhub_async")
+SIDES = ("baseline", "taskhub", "taskhub_async")
 TASKHUB_SIDES = ("taskhub", "taskhub_async")
 ASYNC_COMMIT = "-c synchronous_commit=off"
 
@@ -230,17 +229,17 @@ def _async_commit():
 
 
 def throughput():
-    """The sides in alternating rounds (baseline, baseline with TaskHub's Celery tuning, TaskHub, …).
+    """The sides in alternating rounds (baseline, TaskHub, TaskHub on asynchronous commit).
 
     Each side has its own worker (same settings: prefork, concurrency 2,
-    prefetch 1); the ratio is the median of the rounds' ratios. The fourth
+    prefetch 1); the ratio is the median of the rounds' ratios. The third
     side is TaskHub with every commit of its worker and of the launches
     asynchronous (``synchronous_commit=off`` in the connection options):
-    the difference to the third is what waiting for the three WAL flushes
+    the difference to the second is what waiting for the three WAL flushes
     of each execution costs on this machine. Within a
     round each side runs its executions in blocks (``BENCH_BLOCKS``, 4),
     the sides taking turns block by block, in an order that rotates: a
-    shared machine's speed drifts within seconds, and the four sides of a
+    shared machine's speed drifts within seconds, and the sides of a
     round then meet it alike instead of one after the other.
     """
     blocks = max(1, int(os.environ.get("BENCH_BLOCKS", "4")))
@@ -254,12 +253,11 @@ def throughput():
     cpu_total: dict[str, dict[str, float]] = {side: {} for side in SIDES}
     profiles: dict[str, object] = {}
     flush_wait: list[float] = []  # by round
-    flavour = {"baseline": "stock", "baseline_tuned": "tuned"}
+    flavour = {"baseline": "stock"}
     with contextlib.ExitStack() as stack:
         probe_url = stack.enter_context(_scratch_database("flush"))
         workers = {
             "baseline": Worker.baseline("bench-tp-base", "stock", **PREFORK),
-            "baseline_tuned": Worker.baseline("bench-tp-tuned", "tuned", **PREFORK),
             "taskhub": Worker("bench-tp", **PREFORK),
             "taskhub_async": Worker(
                 "bench-tp-async",
@@ -342,22 +340,20 @@ def throughput():
         return [b / h for b, h in zip(seconds[base], seconds[side], strict=True)]
 
     ratios = round_ratios("baseline", "taskhub")
-    ratios_tuned = round_ratios("baseline_tuned", "taskhub")
     ratios_async = round_ratios("baseline", "taskhub_async")
     details["ratios"] = [round(x, 3) for x in ratios]
-    details["ratios_tuned"] = [round(x, 3) for x in ratios_tuned]
     details["ratios_async_commit"] = [round(x, 3) for x in ratios_async]
     details["flush_wait_ms"] = [round(x, 3) for x in flush_wait]
     details["bookkeeping"] = book = _bookkeeping(tasks["taskhub"], min(n, 1000))
-    base_machine = details["baseline_tuned"]["cpu_ms_per_job"]["machine"]
+    base_machine = details["baseline"]["cpu_ms_per_job"]["machine"]
     book["ceiling"] = round(base_machine / (base_machine + book["machine_ms"]), 3)
     rate = {side: _median([n / s for s in seconds[side]]) for side in SIDES}
     ratio = _median(ratios)
     per_side = ", ".join(f"{side} {details[side]['rates_per_s']}" for side in SIDES)
     print(
         f"   rounds (per s): {per_side}; "
-        f"ratios {details['ratios']} (against the baseline with TaskHub's Celery tuning {details['ratios_tuned']}; "
-        f"TaskHub on asynchronous commit against the baseline {details['ratios_async_commit']}); "
+        f"ratios {details['ratios']} "
+        f"(TaskHub on asynchronous commit against the baseline {details['ratios_async_commit']}); "
         f"per execution in PostgreSQL (both TaskHub sides): {per_execution}"
     )
     print(
@@ -390,15 +386,6 @@ def throughput():
             ratio=_median(ratios_async),
         ),
         row(
-            "  the same against the baseline with TaskHub's Celery tuning",
-            rate["baseline_tuned"],
-            rate["taskhub"],
-            "—",
-            None,
-            "/s",
-            ratio=_median(ratios_tuned),
-        ),
-        row(
             "launch rate (create row + send)",
             _median(send_rate["baseline"]),
             _median(send_rate["taskhub"]),
@@ -415,8 +402,7 @@ def throughput():
         ),
         row("PostgreSQL commits per execution", None, per_execution["commits"], "—", None),
         row(
-            "the 3 statements alone, machine CPU per execution (ratio: best TaskHub could do against "
-            "the baseline with its Celery tuning)",
+            "the 3 statements alone, machine CPU per execution (ratio: best TaskHub could do against the baseline)",
             base_machine,
             book["machine_ms"],
             "—",
@@ -439,8 +425,6 @@ def _bookkeeping(task: Task, n: int) -> dict[str, float]:
     """
     import psutil
 
-    from executions.services import claim_and_load
-
     connection.ensure_connection()
     backend = psutil.Process(connection.connection.info.backend_pid)
 
@@ -450,15 +434,26 @@ def _bookkeeping(task: Task, n: int) -> dict[str, float]:
 
     fields = {
         "exit_code": 0, "signal": None, "stdout": "", "stderr": "", "output_truncated": False, "error": "",
-        "pid": 1, "max_rss_kb": 1000, "cpu_user": 0.0, "cpu_system": 0.0,
+        "pid": 1, "max_rss_kb": 1000, "cpu_user": 0.0, "cpu_system": 0.0, "handed_back": False,
     }  # fmt: skip
+    snapshot = TaskExecution.snapshot_of(task)
     before = counters()
     for _ in range(n):
         at = timezone.now()
-        execution = TaskExecution(task=task, scheduled_for=at, enqueued_at=at, celery_task_id="bench", created_at=at)
-        execution.insert()
-        claimed = claim_and_load(execution.pk, worker="bench", celery_task_id="bench", due_by=at)
-        claimed.finish(Status.SUCCEEDED, **fields)
+        execution = TaskExecution.create_pending(
+            task,
+            run_id=uuid.uuid4(),
+            attempt=1,
+            trigger="api",
+            triggered_by_id=None,
+            scheduled_for=at,
+            enqueued=True,
+            at=at,
+            snapshot=snapshot,
+            celery_task_id="bench",
+        )
+        claimed = TaskExecution.claim(execution.pk, worker="bench", celery_task_id="bench", due_by=at)
+        claimed.record_outcome(Status.SUCCEEDED, **fields)
     after = counters()
     client, postgres, machine = ((a - b) * 1000 / n for a, b in zip(after, before, strict=True))
     return {"n": n, "client_ms": round(client, 3), "postgres_ms": round(postgres, 3), "machine_ms": round(machine, 3)}

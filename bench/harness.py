@@ -333,7 +333,7 @@ LAYERS = (
     ("database driver", ("psycopg/",)),
     ("kombu/redis", ("kombu/", "redis/")),
     ("celery tracing/events", ("celery/app/trace.py", "celery/events")),
-    ("TaskHub services", ("executions/services.py",)),
+    ("TaskHub engine", ("executions/lifecycle.py", "executions/statements.py", "executions/messaging.py")),
 )
 
 

@@ -12,8 +12,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from executions.lifecycle import execute
 from executions.models import Status, TaskExecution
-from executions.services import execute
 from taskhub.services import launch
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,39 +91,15 @@ def test_launching_costs_one_insert(make_task):
     assert statements(ctx) == ["INSERT"], ctx.captured_queries
 
 
-def test_loading_an_execution_for_its_run_gives_what_the_orm_gives_in_one_select(make_task):
-    from django.forms.models import model_to_dict
-
-    from executions.services import load_for_run
-
-    task = make_task(command="echo hi", env={"GREETING": "hello"})
-    execution = pending_row(task)
-    expected = TaskExecution.objects.select_related("task").get(pk=execution.pk)
-
-    with CaptureQueriesContext(connection) as ctx:
-        loaded = load_for_run(execution.pk)
-        task_name = loaded.task.name  # no second query for the task
-
-    assert statements(ctx) == ["SELECT"]
-    assert model_to_dict(loaded) == model_to_dict(expected)
-    assert model_to_dict(loaded.task) == model_to_dict(expected.task)
-    assert loaded.run_id == expected.run_id and loaded.task.env == {"GREETING": "hello"}
-    assert loaded.created_at == expected.created_at and task_name == task.name
-    with pytest.raises(TaskExecution.DoesNotExist):
-        load_for_run(execution.pk + 1000)
-
-
 def test_claiming_and_loading_in_one_statement_gives_what_the_orm_gives(make_task):
     from django.forms.models import model_to_dict
     from django.utils.timezone import now
 
-    from executions.services import claim_and_load
-
     task = make_task(command="echo hi", env={"GREETING": "hello"})
-    execution = pending_row(task)
+    execution = launch(task)
 
     with CaptureQueriesContext(connection) as ctx:
-        claimed = claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now())
+        claimed = TaskExecution.claim(execution.pk, worker="w1", celery_task_id="c1", due_by=now())
 
     expected = TaskExecution.objects.select_related("task").get(pk=execution.pk)
     assert statements(ctx) == ["UPDATE"]
@@ -131,129 +107,31 @@ def test_claiming_and_loading_in_one_statement_gives_what_the_orm_gives(make_tas
     assert model_to_dict(claimed) == model_to_dict(expected)
     assert model_to_dict(claimed.task) == model_to_dict(expected.task)
     assert claimed.started_at == expected.started_at and claimed.task.env == {"GREETING": "hello"}
+    assert claimed.env == {"GREETING": "hello"} and claimed.argv == ["echo", "hi"]
     # Claimed once: a second claim finds it running and changes nothing.
-    assert claim_and_load(execution.pk, worker="w2", celery_task_id="c2", due_by=now()) is None
+    assert TaskExecution.claim(execution.pk, worker="w2", celery_task_id="c2", due_by=now()) is None
     assert TaskExecution.objects.get(pk=execution.pk).worker == "w1"
 
 
-def test_claiming_and_loading_leaves_a_row_that_is_not_due_alone(make_task):
+def test_claiming_leaves_a_row_that_is_not_due_alone(make_task):
     from datetime import timedelta
 
     from django.utils.timezone import now
 
-    from executions.services import claim_and_load
-
     later = TaskExecution.objects.create(task=make_task(), scheduled_for=now() + timedelta(minutes=5))
-    assert claim_and_load(later.pk, worker="w1", celery_task_id="c1", due_by=now()) is None
+    assert TaskExecution.claim(later.pk, worker="w1", celery_task_id="c1", due_by=now()) is None
     assert TaskExecution.objects.get(pk=later.pk).status == Status.PENDING
 
 
-def prepared_statements() -> list[str]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements ORDER BY prepare_time")
-        return [row[0] for row in cursor.fetchall()]
-
-
-def test_the_statements_every_execution_runs_are_prepared_once_per_connection_and_read_the_same(make_task):
-    from django.forms.models import model_to_dict
-    from django.utils.timezone import now
-
-    from executions.services import claim_and_load
-
-    connection.close()  # a new session: none prepared yet
-    assert prepared_statements() == []
-    task = make_task(command="echo hi", env={"GREETING": "hello"})
-    claimed = []
-    for _ in range(3):
-        execution = launch(task)
-        claimed.append(claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now()))
-        claimed[-1].finish(Status.SUCCEEDED, exit_code=0, stdout="hi\n")
-
-    # Launch INSERT, claim UPDATE, outcome UPDATE: each prepared once, not once per execution.
-    kinds = [" ".join(sql.split()[:3]) for sql in prepared_statements()]
-    assert kinds == [
-        'INSERT INTO "executions_taskexecution"',
-        'UPDATE "executions_taskexecution" e',
-        'UPDATE "executions_taskexecution" SET',
-    ]
-    # Rows read through a prepared statement are what the ORM reads.
-    first = claimed[0]
-    expected = TaskExecution.objects.select_related("task").get(pk=first.pk)
-    assert expected.status == Status.SUCCEEDED and expected.stdout == "hi\n"
-    first.refresh_from_db(fields=["status", "finished_at", "exit_code", "stdout"])
-    assert model_to_dict(first) == model_to_dict(expected)
-    assert model_to_dict(first.task) == model_to_dict(expected.task) and first.task.env == {"GREETING": "hello"}
-    assert first.started_at == expected.started_at and first.started_at.utcoffset() is not None
-
-
-def test_with_prepared_statements_off_nothing_is_prepared(make_task, settings):
-    from django.utils.timezone import now
-
-    from executions.services import claim_and_load
-
-    settings.TASKHUB_DB_PREPARE = False
-    connection.close()  # a new session: none prepared yet
-    execution = launch(make_task(command="true"))
-    claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now()).finish(Status.SUCCEEDED, exit_code=0)
-
-    assert TaskExecution.objects.get(pk=execution.pk).status == Status.SUCCEEDED
-    assert prepared_statements() == []
-
-
-def test_a_new_row_leaves_out_its_null_columns_and_reads_as_the_orm_would_have_written_it(make_task, admin_user):
+def test_a_launched_row_reads_as_the_orm_would_have_written_it(make_task, admin_user):
     from django.forms.models import model_to_dict
 
-    task = make_task(command="true")
+    task = make_task(command="echo 'a b'", env={"K": "v"}, working_dir="/tmp")
     made = [launch(task), launch(task, user=admin_user)]  # without and with triggered_by
-    connection.close()
-    with CaptureQueriesContext(connection) as ctx:
-        launch(task)
-    # The INSERT names only the columns a new row sets; the rest are NULL by default.
-    insert = next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("INSERT"))
-    assert '"started_at"' not in insert and '"exit_code"' not in insert and '"stdout"' in insert
     for execution in made:
         stored = TaskExecution.objects.get(pk=execution.pk)
-        by_orm = TaskExecution(
-            **{f.attname: getattr(execution, f.attname) for f in TaskExecution._meta.concrete_fields}
-        )
-        assert model_to_dict(stored) == model_to_dict(by_orm)
+        assert model_to_dict(stored) == model_to_dict(execution)
         assert stored.started_at is None and stored.exit_code is None and stored.stdout == "" and stored.worker == ""
+        assert stored.argv == ["echo", "a b"] and stored.env == {"K": "v"} and stored.working_dir == "/tmp"
+        assert stored.timeout == task.timeout and not stored.handed_back
     assert made[1].triggered_by_id == admin_user.pk
-
-
-def test_the_kept_cursor_follows_a_new_connection(make_task):
-    from executions.models import hot_cursor
-
-    task = make_task(command="true")
-    launch(task)
-    with hot_cursor(connection) as first:
-        pass
-    with hot_cursor(connection) as again:
-        pass
-    assert again is first and not first.closed  # kept open across uses
-    connection.close()
-    execution = launch(task)  # reconnects: a new cursor on the new connection, statements prepared anew
-    with hot_cursor(connection) as second:
-        pass
-    assert second is not first
-    assert TaskExecution.objects.get(pk=execution.pk).status == Status.PENDING
-    assert [s.split()[0] for s in prepared_statements()] == ["INSERT"]
-
-
-def test_the_claim_reads_timestamps_as_the_orm_does(make_task):
-    from django.utils.timezone import now
-
-    from executions.services import claim_and_load
-
-    execution = launch(make_task(command="true"))
-    claimed = claim_and_load(execution.pk, worker="w1", celery_task_id="c1", due_by=now())
-    by_orm = TaskExecution.objects.select_related("task").get(pk=execution.pk)
-
-    for model, expected in ((claimed, by_orm), (claimed.task, by_orm.task)):
-        stamps = [f.attname for f in model._meta.concrete_fields if f.get_internal_type() == "DateTimeField"]
-        for name in stamps:
-            value, orm_value = getattr(model, name), getattr(expected, name)
-            assert value == orm_value, name
-            # The same time zone object, not only the same instant: aware, in Django's zone.
-            assert value is None or value.tzinfo is orm_value.tzinfo is connection.timezone, name
-    assert claimed.started_at is not None and claimed.task.created_at is not None

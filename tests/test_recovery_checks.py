@@ -14,9 +14,10 @@ from django.conf import settings
 from django.utils.timezone import now
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from executions.lifecycle import finish as finish_and_plan_retry
+from executions.messaging import send
 from executions.models import Status, TaskExecution, Trigger
 from executions.recovery import reap_lost, reconcile_pending, recover_host
-from executions.services import HANDED_BACK, finish_and_plan_retry, send
 from tests.conftest import purge_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,15 +54,19 @@ def empty_broker():
     purge_broker()
 
 
-def test_beat_runs_the_recovery_check_at_least_every_half_interval_and_drops_a_late_one():
+@pytest.mark.parametrize(
+    ("name", "task"),
+    [("taskhub-reap-lost", "executions.reap_lost"), ("taskhub-reconcile-pending", "executions.reconcile_pending")],
+)
+def test_beat_runs_each_recovery_check_at_least_every_half_interval_and_drops_a_late_one(name, task):
     from config.beat import DatabaseScheduler
     from config.celery import app
 
     DatabaseScheduler(app=app)  # what `celery beat` does first: install the configured schedule
 
-    entry = PeriodicTask.objects.get(name="taskhub-recover")
+    entry = PeriodicTask.objects.get(name=name)
     half = min(settings.TASKHUB_LOST_AFTER, settings.TASKHUB_REQUEUE_AFTER) / 2
-    assert entry.task == "executions.recover" and entry.enabled
+    assert entry.task == task and entry.enabled
     assert entry.interval.period == IntervalSchedule.SECONDS
     assert 1 <= entry.interval.every <= half
     assert entry.expire_seconds == entry.interval.every
@@ -99,7 +104,7 @@ def test_beat_keeps_scheduling_when_the_database_goes_away_as_it_reloads_the_sch
     monkeypatch.setattr(DatabaseScheduler, "all_as_schedule", lambda self: calls.append(1) or reload(self))
     assert 0 < scheduler.tick() <= 5  # back on its schedule
     assert calls == [1]  # the whole schedule read again
-    assert "taskhub-recover" in scheduler.schedule
+    assert "taskhub-reap-lost" in scheduler.schedule
 
 
 def test_the_reaper_marks_a_silent_execution_lost_naming_its_worker_and_sends_its_next_attempt(make_task, empty_broker):
@@ -109,7 +114,7 @@ def test_the_reaper_marks_a_silent_execution_lost_naming_its_worker_and_sends_it
     )
     alive = row(task, status=Status.RUNNING, worker="busy@host-b", started_at=now(), heartbeat_at=now())
 
-    assert reap_lost(lost_after=60) == 1
+    assert reap_lost(lost_after=60) == {"done": 1, "errors": 0}
 
     silent.refresh_from_db()
     alive.refresh_from_db()
@@ -119,7 +124,7 @@ def test_the_reaper_marks_a_silent_execution_lost_naming_its_worker_and_sends_it
     nxt = TaskExecution.objects.get(run_id=silent.run_id, attempt=2)
     assert nxt.status == Status.PENDING and nxt.trigger == Trigger.RETRY
     assert queued_ids() == [nxt.pk]
-    assert reap_lost(lost_after=60) == 0  # reaped once, not again
+    assert reap_lost(lost_after=60)["done"] == 0  # reaped once, not again
 
 
 def test_the_reconciler_resends_a_lost_message_only_once_the_queue_has_drained(make_task, empty_broker):
@@ -129,18 +134,18 @@ def test_the_reconciler_resends_a_lost_message_only_once_the_queue_has_drained(m
     waiting = row(task, enqueued_at=now())
     send(waiting)  # a backlog: one message still waiting its turn
 
-    assert reconcile_pending(requeue_after=60) == 0
+    assert reconcile_pending(requeue_after=60)["done"] == 0
     unclaimed.refresh_from_db()
     assert unclaimed.enqueued_at == long_ago  # a backlog is not a lost message
     assert queued_ids() == [waiting.pk]
 
     purge_broker()  # the broker lost everything (or the backlog drained)
-    assert reconcile_pending(requeue_after=60) == 1
+    assert reconcile_pending(requeue_after=60)["done"] == 1
     unclaimed.refresh_from_db()
     assert unclaimed.enqueued_at > long_ago
     # `waiting` was sent moments ago: its turn to be re-sent comes after requeue_after.
     assert queued_ids() == [unclaimed.pk]
-    assert reconcile_pending(requeue_after=60) == 0  # not sent again on the next round
+    assert reconcile_pending(requeue_after=60)["done"] == 0  # not sent again on the next round
 
 
 def test_a_long_delay_held_in_the_database_is_sent_when_due_even_behind_a_backlog(make_task, empty_broker):
@@ -150,7 +155,7 @@ def test_a_long_delay_held_in_the_database_is_sent_when_due_even_behind_a_backlo
     backlog = row(task, enqueued_at=now())
     send(backlog)
 
-    assert reconcile_pending(requeue_after=60) == 1
+    assert reconcile_pending(requeue_after=60)["done"] == 1
 
     assert queued_ids() == sorted([backlog.pk, due.pk])
     held.refresh_from_db()
@@ -162,10 +167,12 @@ def test_a_handed_back_attempt_gets_a_new_one_without_using_up_the_retries(make_
     first = row(task, status=Status.RUNNING, started_at=now())
 
     handed = finish_and_plan_retry(
-        first, Status.LOST, {"error": f"{HANDED_BACK} shut down"}, retryable=True, handed_back=True
+        first, Status.LOST, {"error": "Handed back: shut down"}, retryable=True, handed_back=True
     )
     second = handed.next_execution
     assert second is not None and second.attempt == 2 and second.scheduled_for <= now()
+    first.refresh_from_db()
+    assert first.handed_back and first.status == Status.LOST
 
     second.transition(Status.RUNNING, started_at=now())
     retried = finish_and_plan_retry(second, Status.FAILED, {"error": "exit 1"}, retryable=True)
@@ -181,11 +188,32 @@ def test_a_handed_back_attempt_is_run_again_even_when_the_task_has_no_retries(ma
     first = row(task, status=Status.RUNNING, started_at=now())
 
     outcome = finish_and_plan_retry(
-        first, Status.LOST, {"error": f"{HANDED_BACK} shut down"}, retryable=True, handed_back=True
+        first, Status.LOST, {"error": "Handed back: shut down"}, retryable=True, handed_back=True
     )
 
     assert outcome.next_execution is not None
     assert TaskExecution.objects.filter(run_id=first.run_id).count() == 2
+
+
+def test_one_row_that_makes_the_reaper_fail_does_not_stop_the_others_being_reaped(make_task, empty_broker, caplog):
+    # A row whose next attempt cannot be planned: its number is taken already
+    # (what the hand-retry race once left behind), so the insert fails.
+    task = make_task(command="true", retry_count=1, retry_delay=0)
+    stale = now() - timedelta(seconds=90)
+    bad = row(task, status=Status.RUNNING, worker="w@a", started_at=stale, heartbeat_at=stale - timedelta(1))
+    row(task, run_id=bad.run_id, attempt=2, status=Status.CANCELLED)
+    good = [row(task, status=Status.RUNNING, worker="w@b", started_at=stale, heartbeat_at=stale) for _ in range(3)]
+
+    assert reap_lost(lost_after=60) == {"done": 3, "errors": 1}
+
+    bad.refresh_from_db()
+    assert bad.status == Status.RUNNING  # its transaction rolled back; the next round tries it again
+    assert f"execution {bad.pk}" in caplog.text
+    for execution in good:
+        execution.refresh_from_db()
+        assert execution.status == Status.LOST
+        assert TaskExecution.objects.filter(run_id=execution.run_id, attempt=2, status=Status.PENDING).exists()
+    assert reap_lost(lost_after=60) == {"done": 0, "errors": 1}  # still isolated on the next round
 
 
 def _sleeper(env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -263,48 +263,6 @@ def test_a_disabled_task_is_skipped_by_its_schedule(celery_processes, make_task)
     assert TaskExecution.objects.filter(task=task).count() == 0
 
 
-def test_a_prefork_worker_holds_no_timer_for_each_finished_execution(celery_processes, make_task):
-    import socket
-
-    from config.celery import app
-    from config.prefork import COMPACT_FROM
-
-    name = f"timers-{time.monotonic_ns()}"
-    celery_processes(name=f"{name}@%h")
-    # Celery's backstop limits for an hour-long timeout: each execution arms a
-    # timer in the worker's main process, due an hour later.
-    task = make_task(command="true", timeout=3600)
-    count = COMPACT_FROM + 200
-    for _ in range(count):
-        launch(task)
-    wait_for(
-        lambda: TaskExecution.objects.filter(task=task, status=Status.SUCCEEDED).count() == count,
-        timeout=120,
-        what=f"{count} executions to succeed",
-    )
-
-    stats = app.control.inspect(destination=[f"{name}@{socket.gethostname()}"], timeout=5).stats()
-    pool = next(iter(stats.values()))["pool"]
-    assert pool["implementation"] == "config.prefork:TaskPool"
-    assert pool["timeouts"] == [0, 0]  # limits come with each message, none for the whole worker
-    # The cancelled timers were taken out of the heap: far fewer than one per execution.
-    assert pool["timer-entries"] <= COMPACT_FROM < count
-
-
-def test_celerys_django_fixup_treats_taskhubs_pool_as_prefork():
-    from types import SimpleNamespace
-
-    from celery.fixups.django import DjangoWorkerFixup
-
-    from config.celery import app
-    from config.prefork import TaskPool
-
-    # It closes a connection pool a forked pool process inherited only for a prefork worker.
-    fixup = DjangoWorkerFixup(app)
-    fixup.worker = SimpleNamespace(pool_cls=TaskPool)
-    assert fixup._is_prefork()
-
-
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's synchronous_commit")
 def test_a_worker_whose_commits_do_not_wait_for_their_flush_says_so_at_start(celery_processes):
     warning = "synchronous_commit is off for this worker"
