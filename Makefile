@@ -17,10 +17,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
+# taskhub_setup makes var/ (secret key, SQLite file, broker folders) before it migrates.
 run: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py taskhub_setup --url http://$${TASKHUB_BIND:-127.0.0.1:8000}/admin/
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	@echo "Starting web, worker and beat (Ctrl-C stops all of them)…"
 	$(VENV)/bin/honcho start
 
@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 test: install lint
-	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py makemigrations --check --dry-run --skip-checks
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 		$(VENV)/bin/pytest -m "not embedded"
 	env -u DATABASE_URL -u CELERY_BROKER_URL TASKHUB_VAR_DIR=$(CURDIR)/var/test-embedded \

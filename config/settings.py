@@ -23,6 +23,27 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def env_secret(name: str, default: str) -> str:
+    """Return variable ``name``, or the content of the file ``name_FILE`` names, or ``default``.
+
+    The file form keeps secrets out of the environment (container secrets,
+    a file only the service's user may read).
+    """
+    value = os.environ.get(name, "")
+    path = os.environ.get(f"{name}_FILE", "")
+    if value and path:
+        raise ImproperlyConfigured(f"Set {name} or {name}_FILE, not both.")
+    if not path:
+        return value or default
+    try:
+        content = Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{name}_FILE={path!r}: cannot read it ({exc.strerror}).") from None
+    if not content:
+        raise ImproperlyConfigured(f"{name}_FILE={path!r}: the file is empty.")
+    return content
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -58,20 +79,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 # Core Django
 DEBUG = env_bool("DJANGO_DEBUG", False)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+# The secret key: DJANGO_SECRET_KEY(_FILE), or the file `manage.py taskhub_setup`
+# makes under var/. Settings never write it (a read-only container must
+# start); with none, the system check config.E001 says how to make one.
+GENERATED_SECRET_KEY_FILE = VAR_DIR / "secret_key"
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
-    # A fresh clone must run without configuration: keep a random key under
-    # var/ so sessions survive restarts of the embedded default.
-    _key_file = VAR_DIR / "secret_key"
-    if _key_file.exists():
-        SECRET_KEY = _key_file.read_text().strip()
-    else:
-        from django.core.management.utils import get_random_secret_key
-
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        SECRET_KEY = get_random_secret_key()
-        _key_file.write_text(SECRET_KEY)
-        _key_file.chmod(0o600)
+    try:
+        SECRET_KEY = GENERATED_SECRET_KEY_FILE.read_text().strip()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"{GENERATED_SECRET_KEY_FILE}: cannot read the secret key ({exc.strerror})."
+        ) from None
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -120,10 +141,9 @@ TEMPLATES = [
 ]
 
 # Database: SQLite under var/ unless DATABASE_URL says otherwise
-DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'taskhub.sqlite3'}")
+DATABASE_URL = env_secret("DATABASE_URL", f"sqlite:///{VAR_DIR / 'taskhub.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets web, worker and beat read while one of them writes; the
@@ -181,13 +201,12 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {"TITLE": "TaskHub API", "VERSION": "1.0.0"}
 
-# Celery: broker (embedded filesystem transport unless CELERY_BROKER_URL is set)
+# Celery: broker (embedded filesystem transport unless CELERY_BROKER_URL is set;
+# `manage.py taskhub_setup` makes its folders)
 BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost//")
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", "filesystem://localhost//")
 BROKER_SCHEME = urlsplit(CELERY_BROKER_URL).scheme.split("+")[0]
 if BROKER_SCHEME == "filesystem":
-    for _sub in ("queue", "processed", "control"):
-        (BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),

@@ -6,4 +6,5 @@ class TaskhubConfig(AppConfig):
     verbose_name = "TaskHub"
 
     def ready(self) -> None:
+        from config import checks as config_checks  # noqa: F401  (secret key, the embedded default's files)
         from taskhub import checks  # noqa: F401  (registers the system checks)

@@ -1,29 +1,39 @@
 """Shared fixtures: personas, tasks, and real Celery worker / beat processes.
 
-Worker and beat processes are real ``celery`` subprocesses pointed at the test
-database pytest-django created (through DATABASE_URL in their environment) and
-at the broker the suite runs against (CELERY_BROKER_URL). Tests that use them
-must commit what the worker must see: mark them ``django_db(transaction=True)``.
+Worker and beat processes are real ``celery`` subprocesses (testsupport)
+pointed at the test database pytest-django created (through DATABASE_URL in
+their environment) and at the broker the suite runs against
+(CELERY_BROKER_URL). Tests that use them must commit what the worker must
+see: mark them ``django_db(transaction=True)``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 
-from bench.harness import CELERY, ROOT, kill_process_group, stop_process_group
-from bench.harness import wait_for as poll_until
-from executions.runner import processes_with_env
+from config import local_files
 from taskhub.models import Task
+from testsupport import ROOT, waiting
+from testsupport.databases import url_of
+from testsupport.processes import BEAT_READY, WORKER_READY, CeleryProcess, beat_argv, worker_argv
+from testsupport.proctable import group_members, processes_of_execution
+
+__all__ = ["ROOT", "group_members", "processes_of_execution"]  # for the test modules that import them from here
+
+
+def pytest_configure(config):
+    # Settings never write files; make the secret key, SQLite file and broker
+    # folders of this run's TASKHUB_VAR_DIR as `make run` does, before any test.
+    local_files.prepare()
+    if not local_files.secret_key_configured():
+        settings.SECRET_KEY = settings.GENERATED_SECRET_KEY_FILE.read_text().strip()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,7 +54,7 @@ def pytest_collection_modifyitems(config, items):
 def wait_for(condition: Callable[[], object], *, timeout: float = 30, interval: float = 0.05, what: str = "") -> object:
     """Return the first truthy value of ``condition()``; fail the test after ``timeout`` seconds."""
     try:
-        return poll_until(condition, timeout=timeout, interval=interval, what=what or repr(condition))
+        return waiting.wait_for(condition, timeout=timeout, interval=interval, what=what or repr(condition))
     except TimeoutError as exc:
         pytest.fail(str(exc))
 
@@ -99,14 +109,7 @@ def make_task(db) -> Callable[..., Task]:
 
 def database_url_for_subprocess() -> str:
     """The URL of the database this test session uses (pytest-django's test database)."""
-    cfg = connection.settings_dict
-    if cfg["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{cfg['NAME']}"
-    user = cfg.get("USER") or ""
-    auth = f"{user}:{cfg['PASSWORD']}@" if cfg.get("PASSWORD") else (f"{user}@" if user else "")
-    host = cfg.get("HOST") or "127.0.0.1"
-    port = f":{cfg['PORT']}" if cfg.get("PORT") else ""
-    return f"postgres://{auth}{host}{port}/{cfg['NAME']}"
+    return url_of(connection.settings_dict)
 
 
 def async_commit_database_url() -> str:
@@ -121,63 +124,9 @@ def purge_broker() -> None:
 
         redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
     elif settings.BROKER_SCHEME == "filesystem":
-        for sub in ("queue", "processed", "control"):
-            path = settings.BROKER_DIR / sub
+        for path in local_files.broker_folders():
             shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(parents=True, exist_ok=True)
-
-
-class CeleryProcess:
-    """A `celery worker` or `celery beat` subprocess with its log in a file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, ready_marker: str) -> None:
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.ready_marker = ready_marker
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> CeleryProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.argv[3]} exited with {self.proc.returncode} while starting:\n{self.log()}")
-            return self.ready_marker in self.log_path.read_text(errors="replace")[offset:]
-
-        wait_for(ready, timeout=timeout, interval=0.1, what=f"{' '.join(self.argv[3:5])} to be ready")
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def pool_pids(self) -> list[int]:
-        import psutil
-
-        return [child.pid for child in psutil.Process(self.pid).children() if "python" in child.name().lower()]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 20) -> None:
-        """Warm shutdown (SIGTERM to the main process), then SIGKILL to whatever is left of its group."""
-        if self.proc is None:
-            return
-        stop_process_group(self.proc, timeout)
-        self._log.close()
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        kill_process_group(self.proc)
-        self._log.close()
+            local_files.make_private_dir(path)
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:
@@ -191,6 +140,13 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     )
     env.update({k: str(v) for k, v in overrides.items()})
     return env
+
+
+def _started(proc: CeleryProcess, timeout: float = 60) -> CeleryProcess:
+    try:
+        return proc.start(timeout=timeout)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\n{proc.log()[-20000:]}")
 
 
 @pytest.fixture
@@ -212,24 +168,21 @@ def celery_processes(request, tmp_path) -> Iterator[Callable[..., CeleryProcess]
             purge_broker()
         n = next(counter)
         hostname = name or f"w{n}-{os.getpid()}@%h"
-        argv = [
-            sys.executable, CELERY, "-A", "config", "worker", "--loglevel", "INFO",
-            "--hostname", hostname, "-Q", queues, "--concurrency", str(concurrency), "--pool", pool,
-            "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        proc = CeleryProcess(argv, subprocess_env(**(env or {})), tmp_path / f"worker-{n}.log", " ready.")
+        argv = worker_argv(hostname=hostname, queues=queues, pool=pool, concurrency=concurrency)
+        proc = CeleryProcess(
+            argv, env=subprocess_env(**(env or {})), log_path=tmp_path / f"worker-{n}.log", ready=WORKER_READY
+        )
         started.append(proc)
-        return proc.start()
+        return _started(proc)
 
     def start_beat(*, env: dict[str, str] | None = None) -> CeleryProcess:
         n = next(counter)
-        argv = [
-            sys.executable, CELERY, "-A", "config", "beat", "--loglevel", "DEBUG",
-            "--max-interval", "1", "--pidfile", "",
-        ]  # fmt: skip
-        proc = CeleryProcess(argv, subprocess_env(**(env or {})), tmp_path / f"beat-{n}.log", "beat: Starting")
+        argv = beat_argv(loglevel="DEBUG", max_interval=1)
+        proc = CeleryProcess(
+            argv, env=subprocess_env(**(env or {})), log_path=tmp_path / f"beat-{n}.log", ready=BEAT_READY
+        )
         started.append(proc)
-        return proc.start()
+        return _started(proc)
 
     start_worker.beat = start_beat  # type: ignore[attr-defined]
     yield start_worker
@@ -253,30 +206,7 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
-# -- processes of a command ---------------------------------------------------------------------
-
-
-def group_members(pgid: int) -> list[int]:
-    """PIDs of live (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            members.append(int(entry))
-    return members
-
-
-def processes_of_execution(execution_id: int) -> list[int]:
-    """PIDs of live processes started for an execution (found by TASKHUB_EXECUTION_ID in their environment)."""
-    return processes_with_env("TASKHUB_EXECUTION_ID", str(execution_id))
+# -- executions -------------------------------------------------------------------------------
 
 
 def finished(execution, timeout: float = 30):

@@ -6,8 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from django.test import override_settings
 
+from config.checks import check_local_files, check_secret_key
 from taskhub.checks import check_liveness_settings, check_single_host_broker
+
+# The checks only read DATABASES; no connection is made with the overridden value.
+READS_DATABASES = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 
 
 def ids(messages) -> list[str]:
@@ -38,6 +43,42 @@ def test_the_filesystem_broker_with_a_shared_database_is_warned_about(settings):
     assert ids(check_single_host_broker()) == ["taskhub.W001"]
     settings.BROKER_SCHEME = "redis"
     assert check_single_host_broker() == []
+
+
+def test_no_secret_key_is_an_error_that_says_how_to_make_one(settings, tmp_path):
+    settings.GENERATED_SECRET_KEY_FILE = tmp_path / "secret_key"
+    assert check_secret_key() == []
+    # Not the settings fixture: it reads every setting back on leaving, and Django refuses an empty key.
+    with override_settings(SECRET_KEY=""):
+        [error] = check_secret_key()
+    assert error.id == "config.E001"
+    assert f"{tmp_path / 'secret_key'} does not exist" in error.msg
+    assert "`make run` or `manage.py taskhub_setup`, or set DJANGO_SECRET_KEY" in error.hint
+
+
+@READS_DATABASES
+def test_missing_files_of_the_embedded_default_are_an_error_naming_them(settings, tmp_path):
+    settings.DATABASES = {
+        **settings.DATABASES,
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "db" / "x.sqlite3")},
+    }
+    settings.BROKER_SCHEME = "filesystem"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(tmp_path / "in"),
+        "control_folder": str(tmp_path / "control"),
+    }
+    (tmp_path / "control").mkdir()
+    [error] = check_local_files()
+    assert error.id == "config.E002"
+    assert f"{tmp_path / 'db'}, {tmp_path / 'in'}." in error.msg
+    assert "taskhub_setup" in error.hint
+
+
+@READS_DATABASES
+def test_a_server_database_and_broker_need_no_local_files(settings):
+    settings.DATABASES = {**settings.DATABASES, "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}}
+    settings.BROKER_SCHEME = "redis"
+    assert check_local_files() == []
 
 
 # -- settings from the environment -----------------------------------------------------------

@@ -1,0 +1,52 @@
+"""The process table (Linux /proc): which processes a command left, and in which group."""
+
+from __future__ import annotations
+
+import os
+
+from executions.runner import processes_with_env
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs of live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+def processes_of_execution(execution_id: int) -> list[int]:
+    """PIDs of live processes started for an execution (found by TASKHUB_EXECUTION_ID in their environment)."""
+    return processes_with_env("TASKHUB_EXECUTION_ID", str(execution_id))
+
+
+def processes_of_task(name: str) -> list[int]:
+    """PIDs of live processes started for any execution of the task ``name`` (by TASKHUB_TASK)."""
+    return processes_with_env("TASKHUB_TASK", name)
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def descends_from(pid: int, ancestors: set[int]) -> bool:
+    """Return True if a process in ``ancestors`` is an ancestor of ``pid`` (or the process is gone)."""
+    try:
+        while pid > 1:
+            pid = parent_of(pid)
+            if pid in ancestors:
+                return True
+    except OSError:
+        return True  # it ended meanwhile: not left behind
+    return False
