@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from executions.lifecycle import RetryRefused, retry_run, run_again
 from executions.models import InvalidTransition, Status, TaskExecution
 from taskhub.admin import status_badge
+from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.models import Task, TaskDisabled
 
 
@@ -43,7 +44,7 @@ class CappedCountPaginator(Paginator):
 
 
 @admin.register(TaskExecution)
-class TaskExecutionAdmin(admin.ModelAdmin):
+class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     list_display = (
         "id",
         "task_link",
@@ -56,6 +57,7 @@ class TaskExecutionAdmin(admin.ModelAdmin):
         "worker",
     )
     list_filter = ("status", "trigger", "task__queue")
+    extra_lookups = ("task__id__exact",)  # the task page's "history" link
     list_select_related = ("task",)
     search_fields = ("=run_id", "=celery_task_id", "task__name")
     raw_id_fields = ("task", "triggered_by")
@@ -81,7 +83,7 @@ class TaskExecutionAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Result", {"fields": ("exit_code", "signal", "output_truncated", "stdout_display", "stderr_display")}),
+        ("Result", {"fields": ("exit_code", "signal", "truncated_display", "stdout_display", "stderr_display")}),
         ("Where", {"fields": ("worker", "pid", "celery_task_id")}),
         ("Resources", {"fields": ("max_rss_kb", "cpu_user", "cpu_system")}),
     )
@@ -136,6 +138,11 @@ class TaskExecutionAdmin(admin.ModelAdmin):
     @admin.display(description="Duration")
     def duration_display(self, obj: TaskExecution) -> str:
         return _seconds(obj.duration)
+
+    @admin.display(description="Output truncated")
+    def truncated_display(self, obj: TaskExecution) -> str:
+        # Plain words: the admin's boolean icon shows a red cross for "nothing was cut", which reads as an error.
+        return "yes, cut (a marker in the output says where and how much)" if obj.output_truncated else "no"
 
     @admin.display(description="stdout")
     def stdout_display(self, obj: TaskExecution):

@@ -2,14 +2,21 @@ from __future__ import annotations
 
 import json
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import ValidationError
+from django.db import models
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
+import taskhub.celery_admin  # noqa: F401  (replaces django-celery-beat's and -results' admins)
 from executions.models import TaskExecution, Trigger
+from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.models import Task, TaskDisabled
 from taskhub.services import launch
 
@@ -35,6 +42,34 @@ def status_badge(status: str, label: str | None = None):
 def masked_env(env: dict[str, str]) -> str:
     """Show variable names with their values hidden (for people who cannot change the task)."""
     return json.dumps({name: "••••" for name in env}, indent=2)
+
+
+class EnvField(forms.JSONField):
+    """Django's JSON form field, answering input nested too deep to parse with a form error."""
+
+    too_deep = "This JSON is nested too deeply to read; the environment is one object of names to strings."
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            # Python's json parser gives up around 1000 levels with RecursionError, not a JSONDecodeError.
+            raise ValidationError(self.too_deep, code="invalid") from None
+
+    def bound_data(self, data, initial):
+        # Redisplaying the input parses it again, and writing it back out would recurse as deep.
+        try:
+            value = super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
+        if data is not None and not self.disabled and not _flat(value):
+            return forms.fields.InvalidJSONInput(data)  # shown as typed; validate_env says what is wrong
+        return value
+
+
+def _flat(value: object) -> bool:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return not any(isinstance(item, (dict, list)) for item in items)
 
 
 class RecentExecutionInline(admin.TabularInline):
@@ -69,7 +104,7 @@ class RecentExecutionInline(admin.TabularInline):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     list_display = (
         "name",
         "command_short",
@@ -83,8 +118,9 @@ class TaskAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "queue", "shell")
     search_fields = ("name", "command", "description")
     list_per_page = 50
-    actions = ("run_now", "enable", "disable")
+    actions = ("run_now", "enable", "disable", "delete_selected")
     inlines = (RecentExecutionInline,)
+    formfield_overrides = {models.JSONField: {"form_class": EnvField}}
     readonly_fields = ("created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "description", "enabled")}),
@@ -152,3 +188,29 @@ class TaskAdmin(admin.ModelAdmin):
     def disable(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         count = queryset.update(enabled=False)
         self.message_user(request, f"Disabled {count} task(s).", messages.SUCCESS)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None) -> HttpResponse:
+        task = self.get_object(request, unquote(object_id))
+        if task is not None and self.has_delete_permission(request, task):
+            blocker = task.deletion_blocker()
+            if blocker:
+                self.message_user(request, f"Not deleted: {task.name}: {blocker}.", messages.WARNING)
+                return HttpResponseRedirect(reverse("admin:taskhub_task_change", args=[task.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    @admin.action(description="Delete selected tasks", permissions=["delete"])
+    def delete_selected(self, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
+        """Django's delete_selected, for the selected tasks that may be deleted (Task.deletion_blocker)."""
+        refused, deletable = [], []
+        for task in queryset:
+            blocker = task.deletion_blocker()
+            if blocker:
+                refused.append(f"{task.name} ({blocker})")
+            else:
+                deletable.append(task.pk)
+        if refused:
+            self.message_user(request, f"Not deleted: {'; '.join(refused)}.", messages.WARNING)
+        if not deletable:
+            return None
+        # Asks for confirmation first, as Django does; the confirming POST comes back here and is checked again.
+        return django_delete_selected(self, request, queryset.filter(pk__in=deletable))

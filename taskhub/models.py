@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
 import re
 import shlex
+import unicodedata
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline.
+ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 # Names TaskHub sets itself for every command; a task may not override them.
 RESERVED_ENV_NAMES = frozenset({"TASKHUB_TASK", "TASKHUB_EXECUTION_ID", "TASKHUB_RUN_ID", "TASKHUB_ATTEMPT"})
 
@@ -19,20 +22,104 @@ queue_name_validator = RegexValidator(
 )
 
 
+# Bounds of what one task may ask for; the database enforces the same ranges.
+TIMEOUT_MAX = 7 * 24 * 3600  # seconds
+KILL_GRACE_MAX = 3600  # seconds
+RETRY_DELAY_MAX = 30 * 24 * 3600  # seconds, for retry_delay and retry_delay_max
+RETRY_COUNT_MAX = 1000
+RETRY_BACKOFF_MAX = 100.0
+COMMAND_MAX_CHARS = 64 * 1024
+ENV_MAX_VARIABLES = 256
+ENV_NAME_MAX_CHARS = 255
+ENV_VALUE_MAX_CHARS = 32 * 1024
+# Unicode categories refused in task names: control characters and invisible
+# format characters such as U+202E (right-to-left override), which make a name
+# read differently from what it is.
+NAME_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf"})
+
+
+def bounded(label: str, low: float, high: float, unit: str = "") -> list:
+    """Return min/max validators whose message names the field and its range."""
+    message = f"{label} must be between {_number(low)} and {_number(high)}{unit}."
+    return [MinValueValidator(low, message=message), MaxValueValidator(high, message=message)]
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def validate_finite(value: float) -> None:
+    # NaN passes both MinValueValidator and MaxValueValidator (every comparison is False).
+    if not math.isfinite(value):
+        raise ValidationError("Retry backoff must be a finite number.", code="not_finite")
+
+
+def validate_name(value: str) -> None:
+    bad = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) in NAME_FORBIDDEN_CATEGORIES})
+    if bad:
+        raise ValidationError(
+            f"Name must not contain control or invisible formatting characters (found {', '.join(bad)}).",
+            code="invalid_name",
+        )
+
+
+def validate_command(value: str) -> None:
+    # Checked before anything splits the line: shlex takes quadratic time on one long word.
+    if len(value) > COMMAND_MAX_CHARS:
+        raise ValidationError(
+            f"Command must be at most {COMMAND_MAX_CHARS} characters (it has {len(value)}).", code="too_long"
+        )
+    if "\x00" in value:
+        raise ValidationError("Command must not contain a NUL character.", code="null_characters_not_allowed")
+
+
+def validate_working_dir(value: str) -> None:
+    if "\x00" in value:
+        raise ValidationError("Working directory must not contain a NUL character.", code="null_characters_not_allowed")
+
+
 def validate_env(value: object) -> None:
     """Check that env is a JSON object of valid variable names to strings."""
     if not isinstance(value, dict):
         raise ValidationError('Must be a JSON object such as {"NAME": "value"}.', code="invalid_env")
+    if len(value) > ENV_MAX_VARIABLES:
+        raise ValidationError(
+            f"Environment may set at most {ENV_MAX_VARIABLES} variables (it has {len(value)}).", code="invalid_env"
+        )
     errors = []
     for name, val in value.items():
-        if not ENV_NAME_RE.match(name):
-            errors.append(f"{name!r} is not a valid variable name (letters, digits and _, not starting with a digit).")
-        elif name in RESERVED_ENV_NAMES:
-            errors.append(f"{name} is set by TaskHub for every command and cannot be overridden.")
-        if not isinstance(val, str):
-            errors.append(f"The value of {name!r} must be a string, not {type(val).__name__}.")
+        errors.extend(_env_name_errors(name))
+        errors.extend(_env_value_errors(name, val))
     if errors:
         raise ValidationError(errors, code="invalid_env")
+
+
+def _env_name_errors(name: object) -> list[str]:
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        return [f"{name!r} is not a valid variable name (letters, digits and _, not starting with a digit)."]
+    if len(name) > ENV_NAME_MAX_CHARS:
+        return [f"Variable name {name[:40]}… is too long: at most {ENV_NAME_MAX_CHARS} characters."]
+    if name in RESERVED_ENV_NAMES:
+        return [f"{name} is set by TaskHub for every command and cannot be overridden."]
+    return []
+
+
+def _env_value_errors(name: object, val: object) -> list[str]:
+    label = repr(name)[:60]
+    if not isinstance(val, str):
+        # Nested objects and lists are refused here, whatever their depth.
+        return [f"The value of {label} must be a string, not {type(val).__name__}."]
+    if len(val) > ENV_VALUE_MAX_CHARS:
+        return [f"The value of {label} is too long: at most {ENV_VALUE_MAX_CHARS} characters (it has {len(val)})."]
+    if "\x00" in val:
+        return [f"The value of {label} must not contain a NUL character."]
+    return []
+
+
+def _range(field: str, low: float, high: float) -> models.CheckConstraint:
+    return models.CheckConstraint(
+        condition=models.Q(**{f"{field}__gte": low, f"{field}__lte": high}), name=f"task_{field}_range"
+    )
 
 
 class TaskDisabled(Exception):
@@ -40,9 +127,10 @@ class TaskDisabled(Exception):
 
 
 class Task(models.Model):
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_name])
     description = models.TextField(blank=True, default="")
     command = models.TextField(
+        validators=[validate_command],
         help_text="Command line, split like a POSIX shell into arguments. "
         "Pipes, redirections and variables need “Run through shell”.",
     )
@@ -63,28 +151,39 @@ class Task(models.Model):
         max_length=500,
         blank=True,
         default="",
+        validators=[validate_working_dir],
         help_text="Directory to run in; empty means the worker's temporary directory.",
     )
     timeout = models.PositiveIntegerField(
         default=3600,
-        validators=[MinValueValidator(1)],
+        validators=bounded("Timeout", 1, TIMEOUT_MAX, " seconds (7 days)"),
         help_text="Seconds one attempt may run before it is stopped (SIGTERM, then SIGKILL).",
     )
     kill_grace = models.PositiveIntegerField(
         default=10,
+        validators=bounded("Kill grace", 0, KILL_GRACE_MAX, " seconds"),
         help_text="Seconds between SIGTERM and SIGKILL when stopping the command.",
     )
     retry_count = models.PositiveIntegerField(
         default=0,
+        validators=bounded("Retry count", 0, RETRY_COUNT_MAX),
         help_text="Retries after the first attempt for failed, timed-out or lost attempts.",
     )
-    retry_delay = models.PositiveIntegerField(default=60, help_text="Seconds before the first retry.")
+    retry_delay = models.PositiveIntegerField(
+        default=60,
+        validators=bounded("Retry delay", 0, RETRY_DELAY_MAX, " seconds (30 days)"),
+        help_text="Seconds before the first retry.",
+    )
     retry_backoff = models.FloatField(
         default=1.0,
-        validators=[MinValueValidator(1.0)],
+        validators=[validate_finite, *bounded("Retry backoff", 1, RETRY_BACKOFF_MAX)],
         help_text="Multiplier for each further retry's delay: 1 keeps it fixed, 2 doubles it.",
     )
-    retry_delay_max = models.PositiveIntegerField(default=3600, help_text="Cap on any single retry delay, seconds.")
+    retry_delay_max = models.PositiveIntegerField(
+        default=3600,
+        validators=bounded("Maximum retry delay", 0, RETRY_DELAY_MAX, " seconds (30 days)"),
+        help_text="Cap on any single retry delay, seconds.",
+    )
     retry_jitter = models.BooleanField(
         default=False,
         help_text="Draw each retry delay at random between 0 and the computed delay (full jitter).",
@@ -97,7 +196,7 @@ class Task(models.Model):
     )
     priority = models.PositiveSmallIntegerField(
         default=5,
-        validators=[MinValueValidator(0), MaxValueValidator(9)],
+        validators=bounded("Priority", 0, 9),
         help_text="0–9, 9 most urgent.",
     )
     enabled = models.BooleanField(default=True, help_text="Disabled tasks are not launched, by schedule or by hand.")
@@ -107,10 +206,17 @@ class Task(models.Model):
     class Meta:
         ordering = ["name"]
         permissions = [("run_task", "Can run tasks (by hand, API or command line)")]
+        # The same ranges as the fields' validators, for rows written past them
+        # (bulk updates, raw SQL, another client).
         constraints = [
-            models.CheckConstraint(condition=models.Q(timeout__gte=1), name="task_timeout_at_least_1"),
-            models.CheckConstraint(condition=models.Q(priority__lte=9), name="task_priority_0_to_9"),
-            models.CheckConstraint(condition=models.Q(retry_backoff__gte=1), name="task_retry_backoff_at_least_1"),
+            _range("timeout", 1, TIMEOUT_MAX),
+            _range("kill_grace", 0, KILL_GRACE_MAX),
+            _range("retry_count", 0, RETRY_COUNT_MAX),
+            _range("retry_delay", 0, RETRY_DELAY_MAX),
+            _range("retry_delay_max", 0, RETRY_DELAY_MAX),
+            # Also refuses NaN: PostgreSQL sorts it above every number.
+            _range("retry_backoff", 1, RETRY_BACKOFF_MAX),
+            _range("priority", 0, 9),
         ]
 
     def __str__(self) -> str:
@@ -120,7 +226,7 @@ class Task(models.Model):
         errors: dict[str, list[str]] = {}
         if not self.command or not self.command.strip():
             errors.setdefault("command", []).append("Enter a command to run.")
-        elif not self.shell:
+        elif not self.shell and _splittable(self.command):
             try:
                 argv = shlex.split(self.command)
             except ValueError as exc:
@@ -132,6 +238,26 @@ class Task(models.Model):
             errors.setdefault("working_dir", []).append("Use an absolute path (starting with /).")
         if errors:
             raise ValidationError(errors)
+
+    def deletion_blocker(self) -> str | None:
+        """Return why this task cannot be deleted, or None when it can.
+
+        Deleting a task deletes its executions (the record of what ran) and
+        would stop a command that is running; the admin and the API refuse it
+        alike, with this sentence.
+        """
+        from executions.models import Status  # executions.models refers to Task
+
+        if self.pk is None:
+            return None
+        if self.executions.filter(status__in=[Status.PENDING, Status.RUNNING]).exists():
+            return "it has running or pending executions; cancel them or wait for them to finish, then disable it"
+        count = self.executions.count()
+        if count:
+            return (
+                f"it has {count} execution{'s' if count != 1 else ''}; disable it instead, or purge its history first"
+            )
+        return None
 
     @property
     def attempts(self) -> int:
@@ -159,6 +285,12 @@ class Task(models.Model):
         """Return Celery's (soft, hard) backstop limits for one attempt."""
         soft = self.timeout + self.kill_grace + margin
         return soft, soft + margin
+
+
+def _splittable(command: str) -> bool:
+    # A line validate_command refuses is not split at all: it has said why,
+    # and shlex would take minutes over a huge one.
+    return len(command) <= COMMAND_MAX_CHARS and "\x00" not in command
 
 
 @functools.lru_cache(maxsize=1024)

@@ -55,7 +55,7 @@ def test_an_invalid_task_form_shows_each_error_and_saves_nothing(as_operator):
     response = as_operator.post(reverse("admin:taskhub_task_add"), form)
     assert response.status_code == 200
     body = response.content.decode()
-    assert "Ensure this value is greater than or equal to 1" in body  # timeout
+    assert "Timeout must be between 1 and 604800 seconds" in body
     assert "Ensure this value is greater than or equal to 0" in body  # retry_count
     assert "&#x27;1BAD&#x27; is not a valid variable name" in body
     assert "Cannot split this command line" in body

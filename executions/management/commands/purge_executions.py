@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import math
+
 from django.core.management.base import BaseCommand, CommandError
 
 from executions.models import TaskExecution
+
+# A hundred years: past it the cut-off date leaves the calendar (an overflow, not an answer).
+MAX_DAYS = 36500
 
 
 class Command(BaseCommand):
@@ -14,8 +19,10 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Only count what would be deleted.")
 
     def handle(self, *args, older_than: float, batch: int, dry_run: bool, **options):
-        if older_than < 0:
-            raise CommandError("--older-than must be 0 or more days.")
+        if not (math.isfinite(older_than) and 0 < older_than <= MAX_DAYS):
+            raise CommandError(
+                f"--older-than must be a number of days above 0 and at most {MAX_DAYS}, not {older_than:g}."
+            )
         if batch < 1:
             raise CommandError("--batch must be at least 1.")
         old = TaskExecution.objects.older_than(older_than)
