@@ -26,12 +26,11 @@ from django.db.utils import load_backend
 from django.utils.timezone import now
 
 from executions.models import Status, TaskExecution, Trigger
-from executions.services import HANDED_BACK
 from executions.tasks import run_execution
 from taskhub.models import Task
 from taskhub.services import launch
 from tests.conftest import ROOT, group_members, processes_of_execution, subprocess_env, wait_for
-from tests.servers import PostgresCluster, RedisServer
+from testsupport.servers import PostgresCluster, RedisServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -243,7 +242,7 @@ def test_a_warm_shutdown_lets_short_commands_finish_and_hands_long_ones_back_to_
         assert processes_of_execution(execution.pk) == []
         execution.refresh_from_db()
         assert execution.status == Status.LOST
-        assert execution.error.startswith(HANDED_BACK)
+        assert execution.handed_back and execution.error.startswith("Handed back:")
         assert f"worker {execution.worker} shut down" in execution.error
         nxt = TaskExecution.objects.get(run_id=execution.run_id, attempt=2)
         assert nxt.status == Status.PENDING and nxt.trigger == Trigger.RETRY
@@ -428,8 +427,8 @@ def test_restarting_postgresql_while_commands_run_loses_no_outcome_and_worker_an
     # Both survived, and the recovery checks run again.
     wait_for(
         lambda: (
-            "Sending due task taskhub-recover" in beat.log()[beat_seen:]
-            and re.search(r"Task executions\.recover\[[^\]]+\] succeeded", worker.log()[worker_seen:])
+            "Sending due task taskhub-reap-lost" in beat.log()[beat_seen:]
+            and re.search(r"Task executions\.reap_lost\[[^\]]+\] succeeded", worker.log()[worker_seen:])
         ),
         timeout=20,
         what="beat to send and the worker to run a recovery check after the restart",
