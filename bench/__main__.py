@@ -22,7 +22,9 @@ import platform
 import sys
 import time
 
-from bench.harness import configure_environment, drop_database
+from bench.harness import configure_environment
+from testsupport import prepare_var_dir
+from testsupport.databases import drop_database
 
 ALL = ("throughput", "latency", "deadline", "retry", "concurrency", "output", "history")
 
@@ -47,6 +49,7 @@ def main() -> int:
     import django
 
     django.setup()
+    prepare_var_dir()
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)

@@ -17,20 +17,13 @@ from django.db.models import Count
 from django.utils import timezone
 
 from bench.baseline import QUEUES, TASKS
-from bench.harness import (
-    Profiler,
-    Worker,
-    cpu_seconds,
-    create_database,
-    drop_database,
-    percentile,
-    wait_for,
-    with_path,
-)
+from bench.harness import Profiler, Worker, cpu_seconds, percentile
 from executions.messaging import broker_priority
 from executions.models import Status, TaskExecution
 from taskhub.models import Task
 from taskhub.services import launch
+from testsupport.databases import create_database, drop_database, with_path
+from testsupport.waiting import wait_for
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 # The settings both sides run under: prefork, two processes, prefetch 1 (from settings).

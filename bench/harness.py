@@ -1,4 +1,8 @@
-"""Set-up shared by the benchmarks: a database and a Redis db of their own, real worker processes."""
+"""Set-up of the benchmarks: a database and a Redis db of their own, real worker processes, CPU figures.
+
+Starting and stopping processes, databases and waiting come from testsupport,
+which the test suite uses too.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-CELERY = str(Path(sys.executable).with_name("celery"))
-
-
-def with_path(url: str, path: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+from testsupport import ROOT
+from testsupport.databases import create_database, with_path
+from testsupport.processes import CeleryProcess, worker_argv
 
 
 def configure_environment() -> dict[str, str]:
@@ -36,7 +34,6 @@ def configure_environment() -> dict[str, str]:
     bench_db_url = with_path(database_url, "/" + name)
     bench_broker = with_path(broker_url, "/" + redis_db)
     var_dir = Path(os.environ.get("TASKHUB_VAR_DIR", ROOT / "var")) / "bench"
-    var_dir.mkdir(parents=True, exist_ok=True)
 
     import redis
 
@@ -55,63 +52,10 @@ def configure_environment() -> dict[str, str]:
     return {"database": name, "broker": bench_broker, "var_dir": str(var_dir), "admin_url": admin_url}
 
 
-def drop_database(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [name],
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-
-
-def create_database(admin_url: str, name: str) -> None:
-    """Create database ``name`` afresh (dropping what is there) on the server of ``admin_url``."""
-    import psycopg
-
-    drop_database(admin_url, name)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """Warm-stop a celery process (SIGTERM to its main process), then SIGKILL whatever is left of its group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    kill_process_group(proc)
-
-
-def kill_process_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process's whole group and reap the process (giving up after 10 s)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Worker:
+class Worker(CeleryProcess):
     """A real `celery worker` subprocess: TaskHub's app on queue ``default``, or ``app``/``queue`` given.
 
+    Ready once it answers a ping (it logs at WARNING, so no "ready" line).
     The baseline runs in workers of its own (``Worker.baseline``), on plain Celery.
     """
 
@@ -125,42 +69,23 @@ class Worker:
         app: str = "config.celery",
         queue: str = "default",
     ) -> None:
-        self.name = name
-        self.app = app
-        self.queue = queue
-        self.pool = pool
-        self.concurrency = concurrency
-        self.env = {**os.environ, **(env or {})}
-        self.log_path = Path(os.environ["TASKHUB_VAR_DIR"]) / f"worker-{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Worker:
-        argv = [
-            sys.executable, CELERY, "-A", self.app, "worker", "--loglevel", "WARNING",
-            "--hostname", f"{self.name}@%h", "-Q", self.queue, "--pool", self.pool,
-            "--concurrency", str(self.concurrency), "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        log_path = Path(os.environ["TASKHUB_VAR_DIR"]) / f"worker-{name}.log"
+        log_path.unlink(missing_ok=True)  # one run's log per file
+        argv = worker_argv(
+            hostname=f"{name}@%h", app=app, queues=queue, pool=pool, concurrency=concurrency, loglevel="WARNING"
         )
+        super().__init__(argv, env={**os.environ, **(env or {})}, log_path=log_path, ready=Worker._answers)
+        self.worker_name = name
+
+    @staticmethod
+    def _answers(worker: Worker) -> bool:
         from config.celery import app
 
-        def answers() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited:\n{self.log_path.read_text()[-3000:]}")
-            return bool(app.control.ping(destination=[self.hostname], timeout=0.5))
-
-        try:
-            wait_for(answers, timeout=60, interval=0.2, what=f"worker {self.name}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return bool(app.control.ping(destination=[worker.hostname], timeout=0.5))
 
     @classmethod
     def baseline(cls, name: str, flavour: str = "stock", **kwargs) -> Worker:
-        """A worker for the baseline task: plain Celery (``stock``) or with TaskHub's Celery tuning (``tuned``)."""
+        """A worker for the baseline task: plain Celery (``stock``)."""
         from bench.baseline import QUEUES, WORKER_APPS
 
         return cls(name, app=WORKER_APPS[flavour], queue=QUEUES[flavour], **kwargs)
@@ -171,18 +96,14 @@ class Worker:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def stop(self, grace: float = 30) -> None:
+        super().stop(grace)
+
     @property
     def hostname(self) -> str:
         import socket
 
-        return f"{self.name}@{socket.gethostname()}"
-
-    def processes(self) -> list:
-        """The worker's Python processes (main and pool), without the commands they run."""
-        import psutil
-
-        main = psutil.Process(self.proc.pid)
-        return [main, *(c for c in main.children() if "python" in c.name().lower() or "celery" in c.name().lower())]
+        return f"{self.worker_name}@{socket.gethostname()}"
 
     def rss(self, include_watchers: bool = True) -> int:
         """Resident memory of the worker's processes (and their group watchers), bytes."""
@@ -203,12 +124,6 @@ class Worker:
             except psutil.Error:
                 continue
         return total
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        stop_process_group(self.proc)
-        self._log.close()
 
 
 def percentile(values: list[float], p: float) -> float:

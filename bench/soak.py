@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,8 +29,11 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from bench.harness import CELERY, ROOT, create_database, stop_process_group, wait_for, with_path
-from executions.runner import processes_with_env
+from testsupport import prepare_var_dir
+from testsupport.databases import create_database, with_path
+from testsupport.processes import BEAT_READY, WORKER_READY, CeleryProcess, beat_argv, worker_argv
+from testsupport.proctable import descends_from, processes_of_task
+from testsupport.servers import RedisServer
 
 EXECUTIONS = int(os.environ.get("SOAK_EXECUTIONS", "10000"))
 KILL_EVERY = float(os.environ.get("SOAK_KILL_EVERY", "20"))
@@ -47,41 +49,9 @@ def _fresh_database(server_url: str) -> str:
     return with_path(server_url, "/" + name)
 
 
-class Proc:
-    """A celery worker or beat subprocess, started again on demand with the same arguments."""
-
-    def __init__(self, argv: list[str], log: Path, ready: str) -> None:
-        self.argv, self.log, self.ready = argv, log, ready
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[4]} exited while starting; see {self.log}")
-            return self.ready in self.log.read_text(errors="replace")[offset:]
-
-        wait_for(ready, timeout=60, interval=0.1, what=f"{self.argv[4]} to start (see {self.log})")
-
-    def kill9(self) -> None:
-        """SIGKILL the main process only, as the OOM killer or an operator would."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc)
-
-
 def _soak_processes() -> list[int]:
     """Live processes started for the soak's task (found by TASKHUB_TASK in their environment)."""
-    return processes_with_env("TASKHUB_TASK", TASK_NAME)
+    return processes_of_task(TASK_NAME)
 
 
 def _runs_command(pool_process) -> bool:
@@ -112,26 +82,7 @@ def _freeze_mid_run(worker_pid: int, deadline: float) -> bool:
     return False
 
 
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[1])
-
-
-def _descends_from(pid: int, ancestors: set[int]) -> bool:
-    """Return True if a live process in ``ancestors`` is an ancestor of ``pid`` (or the process is gone)."""
-    try:
-        while pid > 1:
-            pid = _parent(pid)
-            if pid in ancestors:
-                return True
-    except OSError:
-        return True  # it ended meanwhile: not left behind
-    return False
-
-
 def main() -> None:
-    from tests.servers import RedisServer
-
     server_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/taskhub")
     if not server_url.startswith(("postgres://", "postgresql://")):
         sys.exit("the soak needs DATABASE_URL=postgres://… (a database of its own is created on that server)")
@@ -149,30 +100,26 @@ def main() -> None:
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(env)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
 
     import django
 
     django.setup()
+    prepare_var_dir()
+    from django.core.management import call_command
     from django.db import transaction
+
+    call_command("migrate", interactive=False, verbosity=0)
 
     from executions.models import Status, TaskExecution
     from taskhub.models import Task
     from taskhub.services import launch
 
-    def worker(n: int) -> Proc:
-        argv = [
-            sys.executable, CELERY, "-A", "config", "worker", "--loglevel", "INFO", "--hostname", f"soak{n}@%h",
-            "--concurrency", "1", "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        return Proc(argv, work / f"worker{n}.log", " ready.")
+    def worker(n: int) -> CeleryProcess:
+        argv = worker_argv(hostname=f"soak{n}@%h", concurrency=1)
+        return CeleryProcess(argv, env=env, log_path=work / f"worker{n}.log", ready=WORKER_READY)
 
     workers = [worker(1), worker(2)]
-    beat = Proc(
-        [sys.executable, CELERY, "-A", "config", "beat", "--loglevel", "INFO", "--pidfile", ""],
-        work / "beat.log",
-        "beat: Starting",
-    )
+    beat = CeleryProcess(beat_argv(), env=env, log_path=work / "beat.log", ready=BEAT_READY)
     for proc in [*workers, beat]:
         proc.start()
 
@@ -200,12 +147,12 @@ def main() -> None:
             # Kill it while one of its commands runs, the moment that matters
             # (a timer alone tends to fire while the worker waits on the broker).
             _freeze_mid_run(victim.proc.pid, time.monotonic() + 5)
-            victim.kill9()
+            victim.kill_main()
             kills.append(time.monotonic() - started)
             # Whatever the killed worker was running must be gone within moments.
             time.sleep(2)
             alive = {w.proc.pid for w in workers if w.proc and w.proc.poll() is None}
-            orphans_after_kill.update(pid for pid in _soak_processes() if not _descends_from(pid, alive))
+            orphans_after_kill.update(pid for pid in _soak_processes() if not descends_from(pid, alive))
             victim.start()
             if len(kills) == 3 and not redis_restarts:
                 redis_server.restart()

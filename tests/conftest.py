@@ -20,7 +20,7 @@ from django.db import connection
 
 from config import local_files
 from taskhub.models import Task
-from testsupport import ROOT, waiting
+from testsupport import ROOT, prepare_var_dir, waiting
 from testsupport.databases import url_of
 from testsupport.processes import BEAT_READY, WORKER_READY, CeleryProcess, beat_argv, worker_argv
 from testsupport.proctable import group_members, processes_of_execution
@@ -31,9 +31,7 @@ __all__ = ["ROOT", "group_members", "processes_of_execution"]  # for the test mo
 def pytest_configure(config):
     # Settings never write files; make the secret key, SQLite file and broker
     # folders of this run's TASKHUB_VAR_DIR as `make run` does, before any test.
-    local_files.prepare()
-    if not local_files.secret_key_configured():
-        settings.SECRET_KEY = settings.GENERATED_SECRET_KEY_FILE.read_text().strip()
+    prepare_var_dir()
 
 
 def pytest_collection_modifyitems(config, items):

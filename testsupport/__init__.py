@@ -12,3 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def prepare_var_dir() -> None:
+    """Make this process's TASKHUB_VAR_DIR as `manage.py taskhub_setup` does, and use the secret key made there.
+
+    Settings never write files, and they were read before the key existed.
+    Call after ``django.setup()``.
+    """
+    from django.conf import settings
+
+    from config import local_files
+
+    local_files.prepare()
+    if not local_files.secret_key_configured():
+        settings.SECRET_KEY = settings.GENERATED_SECRET_KEY_FILE.read_text().strip()
