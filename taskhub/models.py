@@ -96,16 +96,16 @@ def validate_env(value: object) -> None:
 
 def _env_name_errors(name: object) -> list[str]:
     if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-        return [f"{name!r} is not a valid variable name (letters, digits and _, not starting with a digit)."]
+        return [f"{_shown(name)} is not a valid variable name (letters, digits and _, not starting with a digit)."]
     if len(name) > ENV_NAME_MAX_CHARS:
-        return [f"Variable name {name[:40]}… is too long: at most {ENV_NAME_MAX_CHARS} characters."]
+        return [f"Variable name {_shown(name)} is too long: at most {ENV_NAME_MAX_CHARS} characters."]
     if name in RESERVED_ENV_NAMES:
         return [f"{name} is set by TaskHub for every command and cannot be overridden."]
     return []
 
 
 def _env_value_errors(name: object, val: object) -> list[str]:
-    label = repr(name)[:60]
+    label = _shown(name)
     if not isinstance(val, str):
         # Nested objects and lists are refused here, whatever their depth.
         return [f"The value of {label} must be a string, not {type(val).__name__}."]
@@ -114,6 +114,12 @@ def _env_value_errors(name: object, val: object) -> list[str]:
     if "\x00" in val:
         return [f"The value of {label} must not contain a NUL character."]
     return []
+
+
+def _shown(name: object) -> str:
+    # Names can be as long as the request body: quote the start of one, not all of it.
+    text = repr(name)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _range(field: str, low: float, high: float) -> models.CheckConstraint:
@@ -280,11 +286,6 @@ class Task(models.Model):
         if self.retry_jitter:
             delay = (rng or random).uniform(0, delay)
         return delay
-
-    def time_limits(self, margin: float) -> tuple[float, float]:
-        """Return Celery's (soft, hard) backstop limits for one attempt."""
-        soft = self.timeout + self.kill_grace + margin
-        return soft, soft + margin
 
 
 def _splittable(command: str) -> bool:
