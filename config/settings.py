@@ -9,6 +9,7 @@ production stack.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -176,18 +177,103 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+
+# Security: HTTPS and cookies. DJANGO_SECURE=1 turns each of these on (serve
+# only over HTTPS then); each can also be set on its own.
+def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """Parse ``Header=value`` (or ``Header: value``), e.g. X-Forwarded-Proto=https, into Django's form."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    separator = "=" if "=" in raw else ":"
+    header, _, value = (part.strip() for part in raw.partition(separator))
+    if not value or not re.fullmatch(r"[A-Za-z0-9_-]+", header):
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected HEADER=VALUE, e.g. X-Forwarded-Proto=https")
+    meta_name = header.upper().replace("-", "_")
+    return (meta_name if meta_name.startswith("HTTP_") else f"HTTP_{meta_name}", value)
+
+
+SECURE = env_bool("DJANGO_SECURE", False)
+SECURE_HSTS_SECONDS = env_number("DJANGO_HSTS_SECONDS", 31536000 if SECURE else 0, integer=True)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", SECURE)
+# The preload flag lets anyone submit the domain to the browsers' HSTS preload
+# list; set DJANGO_HSTS_PRELOAD=0 if any subdomain is not on HTTPS.
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", SECURE)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", SECURE)
+# A load balancer's health probe often comes over plain HTTP from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", SECURE)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", SECURE)
+# Behind a proxy that ends TLS: the header it sets on HTTPS requests. Never set
+# it without such a proxy (clients could send the header themselves).
+SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("DJANGO_PROXY_SSL_HEADER")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# Error reports (the DEBUG page, error e-mails) hide connection URLs as well as keys and passwords.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.reporting.SafeSettingsFilter"
+# Failed admin logins per user name within the window (seconds); then logins wait.
+TASKHUB_LOGIN_FAILURE_LIMIT = env_number("TASKHUB_LOGIN_FAILURE_LIMIT", 10, minimum=1, integer=True)
+TASKHUB_LOGIN_FAILURE_WINDOW = env_number("TASKHUB_LOGIN_FAILURE_WINDOW", 60, minimum=1, integer=True)
+
+# Cache: the counters of the API and login throttles. Each process counts on
+# its own unless TASKHUB_CACHE_URL names a Redis database they all share.
+TASKHUB_CACHE_URL = env_str("TASKHUB_CACHE_URL", "")
+if TASKHUB_CACHE_URL:
+    if urlsplit(TASKHUB_CACHE_URL).scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(f"TASKHUB_CACHE_URL={TASKHUB_CACHE_URL!r}: expected a redis:// URL")
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": TASKHUB_CACHE_URL,
+            "KEY_PREFIX": "taskhub",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Logging: every process (web, worker, beat) writes warnings and errors, with
+# their tracebacks, to stderr. The root logger's level is left to the process
+# (WARNING by default; a Celery worker sets its --loglevel), so the handler
+# itself has none.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"require_debug_false": {"()": "django.utils.log.RequireDebugFalse"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "mail_admins": {
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+            "class": "django.utils.log.AdminEmailHandler",
+        },
+    },
+    "root": {"handlers": ["console"]},
     "loggers": {
+        # Replaces Django's default handlers, whose console one writes only under DEBUG.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        # Requests that failed: 4xx as warnings, 5xx as errors with the traceback.
+        "django.request": {"handlers": ["console", "mail_admins"], "level": "WARNING", "propagate": False},
+        # runserver's access lines.
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # No level: a worker or beat sets it from --loglevel through the root logger.
+        "celery": {"handlers": ["console"], "propagate": False},
         "taskhub": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "executions": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
 
+
 # REST framework
+def env_rate(name: str, default: str) -> str | None:
+    """Read a throttle rate such as 30/min (per s, min, hour or day); "off" turns the throttle off."""
+    raw = os.environ.get(name, "").strip() or default
+    if raw.lower() == "off":
+        return None
+    if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", raw):
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a rate such as 30/min (per s, min, hour or day) or off")
+    return raw
+
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -198,8 +284,26 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    # Every error is JSON, and bad input (a body nested too deeply, too large) is 4xx.
+    "EXCEPTION_HANDLER": "config.api_errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "config.api_parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # Requests per client (anonymous ones per address, the others per user).
+    "DEFAULT_THROTTLE_CLASSES": ["config.throttles.AnonThrottle", "config.throttles.UserThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_rate("TASKHUB_API_THROTTLE_ANON", "30/min"),
+        "user": env_rate("TASKHUB_API_THROTTLE_USER", "1200/min"),
+    },
 }
-SPECTACULAR_SETTINGS = {"TITLE": "TaskHub API", "VERSION": "1.0.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "TaskHub API",
+    "VERSION": "1.0.0",
+    # The schema lists every endpoint and field: for signed-in users only.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
 
 # Celery: broker (embedded filesystem transport unless CELERY_BROKER_URL is set;
 # `manage.py taskhub_setup` makes its folders)

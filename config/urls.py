@@ -4,13 +4,16 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+from config import token_admin
 from config.health import healthz
+from config.login_throttle import throttled
 from executions.api import ExecutionViewSet
 from taskhub.api import TaskViewSet
 
 admin.site.site_header = "TaskHub"
 admin.site.site_title = "TaskHub"
 admin.site.index_title = "Operator console"
+token_admin.install()
 
 router = DefaultRouter()
 router.register("tasks", TaskViewSet, basename="task")
@@ -18,8 +21,16 @@ router.register("executions", ExecutionViewSet, basename="execution")
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    # Before admin/ so that this path wins: the admin's login, with failed attempts limited.
+    path("admin/login/", throttled(admin.site.login), name="throttled-login"),
     path("admin/", admin.site.urls),
     path("api/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", healthz, name="healthz"),
 ]
+
+# Answers under /api/ are JSON, also when Django itself answers; pages elsewhere stay HTML.
+handler400 = "config.api_errors.bad_request"
+handler403 = "config.api_errors.permission_denied"
+handler404 = "config.api_errors.page_not_found"
+handler500 = "config.api_errors.server_error"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from django.db.models import Func, IntegerField, QuerySet
+from django.db.models.functions import Right
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, pagination, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -11,7 +15,14 @@ from rest_framework.response import Response
 from executions.lifecycle import RetryRefused, retry_run, run_again
 from executions.models import InvalidTransition, TaskExecution, Trigger
 from taskhub.models import TaskDisabled
-from taskhub.permissions import CanRunTasks, ModelPermissions
+from taskhub.permissions import CanActOnVisibleExecution, ModelPermissions
+
+# The list shows each stream's last line, cut to its last TAIL_CHARS characters,
+# read from the stream's last TAIL_SOURCE_CHARS characters (trailing blank lines
+# included) so that a page of rows never loads whole outputs.
+TAIL_CHARS = 200
+TAIL_SOURCE_CHARS = 4096
+LINE_BREAK = re.compile(r"[\r\n]")
 
 
 class ExecutionSerializer(serializers.ModelSerializer):
@@ -33,6 +44,84 @@ class ExecutionSerializer(serializers.ModelSerializer):
         return None if duration is None else duration.total_seconds()
 
 
+class OctetLength(Func):
+    """Size of a text in bytes (as stored, UTF-8), not characters."""
+
+    function = "OCTET_LENGTH"
+    output_field = IntegerField()
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="LENGTH(CAST(%(expressions)s AS BLOB))", **extra_context)
+
+
+def last_line(text: str) -> str:
+    """Return the last non-blank line of ``text``, at most TAIL_CHARS characters (its end)."""
+    return LINE_BREAK.split(text.rstrip())[-1][-TAIL_CHARS:]
+
+
+def with_output_summary(queryset: QuerySet) -> QuerySet:
+    """Load each stream's end and size instead of the stream itself."""
+    return queryset.defer("stdout", "stderr").annotate(
+        stdout_end=Right("stdout", TAIL_SOURCE_CHARS),
+        stderr_end=Right("stderr", TAIL_SOURCE_CHARS),
+        stdout_size=OctetLength("stdout"),
+        stderr_size=OctetLength("stderr"),
+    )
+
+
+def summary_fields(fields: list[str]) -> list[str]:
+    """The detail's fields with each output stream replaced by its tail and size."""
+    replaced = {"stdout": ["stdout_tail", "stdout_bytes"], "stderr": ["stderr_tail", "stderr_bytes"]}
+    return [name for field in fields for name in replaced.get(field, [field])]
+
+
+class ExecutionSummarySerializer(ExecutionSerializer):
+    """A row of the execution list: every field of the detail, but the output only as its last line and size."""
+
+    stdout_tail = serializers.SerializerMethodField(help_text=f"Last line of stdout (at most {TAIL_CHARS} characters).")
+    stderr_tail = serializers.SerializerMethodField(help_text=f"Last line of stderr (at most {TAIL_CHARS} characters).")
+    stdout_bytes = serializers.SerializerMethodField(help_text="Size of the captured stdout, bytes.")
+    stderr_bytes = serializers.SerializerMethodField(help_text="Size of the captured stderr, bytes.")
+
+    class Meta(ExecutionSerializer.Meta):
+        fields = summary_fields(ExecutionSerializer.Meta.fields)
+        read_only_fields = fields
+
+    def get_stdout_tail(self, obj: TaskExecution) -> str:
+        return last_line(self._end(obj, "stdout"))
+
+    def get_stderr_tail(self, obj: TaskExecution) -> str:
+        return last_line(self._end(obj, "stderr"))
+
+    def get_stdout_bytes(self, obj: TaskExecution) -> int:
+        return self._size(obj, "stdout")
+
+    def get_stderr_bytes(self, obj: TaskExecution) -> int:
+        return self._size(obj, "stderr")
+
+    @staticmethod
+    def _end(obj: TaskExecution, stream: str) -> str:
+        # Annotated by with_output_summary; a row loaded otherwise has the whole stream.
+        end = getattr(obj, f"{stream}_end", None)
+        return end if end is not None else getattr(obj, stream)[-TAIL_SOURCE_CHARS:]
+
+    @staticmethod
+    def _size(obj: TaskExecution, stream: str) -> int:
+        size = getattr(obj, f"{stream}_size", None)
+        return size if size is not None else len(getattr(obj, stream).encode())
+
+
+class ExecutionReceiptSerializer(serializers.ModelSerializer):
+    """What a launch answers to someone who may run the task but not view executions: no output, no details."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="execution-detail")
+
+    class Meta:
+        model = TaskExecution
+        fields = ["id", "status", "url"]
+        read_only_fields = fields
+
+
 class NewestFirst(pagination.CursorPagination):
     """Cursor pages, newest first: no COUNT(*) over a table of millions of rows."""
 
@@ -49,8 +138,15 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     pagination_class = NewestFirst
     filterset_fields = ["task", "status", "run_id", "trigger"]
 
+    def get_queryset(self) -> QuerySet:
+        queryset = super().get_queryset()
+        return with_output_summary(queryset) if self.action == "list" else queryset
+
+    def get_serializer_class(self) -> type[serializers.Serializer]:
+        return ExecutionSummarySerializer if self.action == "list" else ExecutionSerializer
+
     @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
-    @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanRunTasks])
+    @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanActOnVisibleExecution])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         execution = self.get_object()
         try:
@@ -66,7 +162,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         return Response(self.get_serializer(execution).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
-    @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanRunTasks])
+    @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanActOnVisibleExecution])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         """Add an attempt to this execution's run: only when its latest attempt is finished and it has not succeeded."""
         execution = self.get_object()
@@ -83,7 +179,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         detail=True,
         methods=["post"],
         url_path="run-again",
-        permission_classes=[permissions.IsAuthenticated, CanRunTasks],
+        permission_classes=[permissions.IsAuthenticated, CanActOnVisibleExecution],
     )
     def run_again(self, request: Request, pk: str | None = None) -> Response:
         """Start a new run of this execution's task, as the task is defined now."""

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from executions.api import ExecutionSerializer
+from executions.api import ExecutionReceiptSerializer, ExecutionSerializer
 from executions.models import Trigger
 from taskhub.models import Task, TaskDisabled
-from taskhub.permissions import CanRunTasks, ModelPermissions, can_see_secrets
+from taskhub.permissions import CanRunVisibleTask, ModelPermissions, can_see_executions, can_see_secrets
 from taskhub.services import launch
+
+# Longest command line the API accepts, characters.
+COMMAND_MAX_CHARS = 65536
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -25,6 +29,8 @@ class TaskSerializer(serializers.ModelSerializer):
             "enabled", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
+        # Refused by length before validate() splits the command (shlex is slow on long words).
+        extra_kwargs = {"command": {"max_length": COMMAND_MAX_CHARS}}
 
     def validate(self, attrs: dict) -> dict:
         # The model's own clean() (command splitting, working directory) applies here as in the admin.
@@ -54,14 +60,38 @@ class TaskViewSet(viewsets.ModelViewSet):
     permission_classes = [permissions.IsAuthenticated, ModelPermissions]
     filterset_fields = ["enabled", "queue", "name"]
 
-    @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
-    @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanRunTasks])
+    def destroy(self, request: Request, *args: object, **kwargs: object) -> Response:
+        """Delete a task, refused (409) exactly when the admin refuses it (Task.deletion_blocker)."""
+        task = self.get_object()
+        with transaction.atomic():
+            # Locked so that no execution can be added between the check and the delete.
+            locked = Task.objects.select_for_update().get(pk=task.pk)
+            blocker = locked.deletion_blocker()
+            if blocker is None:
+                locked.delete()
+        if blocker is not None:
+            return Response(
+                {"detail": f"Task {task.name!r} cannot be deleted: {blocker}."}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: OpenApiResponse(
+                ExecutionSerializer,
+                description="The pending execution; only its id, status and url for users who may not view executions.",
+            ),
+            409: None,
+        },
+    )
+    @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanRunVisibleTask])
     def run(self, request: Request, pk: str | None = None) -> Response:
         task = self.get_object()
         try:
             execution = launch(task, trigger=Trigger.API, user=request.user)
         except TaskDisabled as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(
-            ExecutionSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
-        )
+        # The answer says no more than the user may see.
+        serializer_class = ExecutionSerializer if can_see_executions(request) else ExecutionReceiptSerializer
+        return Response(serializer_class(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)

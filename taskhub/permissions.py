@@ -17,12 +17,37 @@ class ModelPermissions(permissions.DjangoModelPermissions):
     }
 
 
-class CanRunTasks(permissions.BasePermission):
-    message = "You need the “Can run tasks” permission to run, cancel or retry."
+class HasAllPerms(permissions.BasePermission):
+    """Grant the request only if the user holds every permission in `perms`."""
+
+    perms: tuple[str, ...] = ()
 
     def has_permission(self, request: Request, view) -> bool:
-        return bool(request.user and request.user.has_perm("taskhub.run_task"))
+        return bool(request.user and request.user.has_perms(self.perms))
+
+
+class CanRunTasks(HasAllPerms):
+    perms = ("taskhub.run_task",)
+    message = "You need the “Can run tasks” permission to run, cancel or retry."
+
+
+class CanRunVisibleTask(HasAllPerms):
+    """Run a task: acting on an object needs the right to see it as well."""
+
+    perms = ("taskhub.run_task", "taskhub.view_task")
+    message = "Running a task needs both the “Can run tasks” and the “Can view task” permissions."
+
+
+class CanActOnVisibleExecution(HasAllPerms):
+    """Cancel or retry an execution: acting on an object needs the right to see it as well."""
+
+    perms = ("taskhub.run_task", "executions.view_taskexecution")
+    message = "Cancelling or retrying needs both the “Can run tasks” and the “Can view task execution” permissions."
 
 
 def can_see_secrets(request: Request | None) -> bool:
     return bool(request and request.user.has_perm("taskhub.change_task"))
+
+
+def can_see_executions(request: Request | None) -> bool:
+    return bool(request and request.user.has_perm("executions.view_taskexecution"))

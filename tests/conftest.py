@@ -34,9 +34,25 @@ def pytest_configure(config):
     prepare_var_dir()
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("server", id="server"),
+        pytest.param("embedded", id="embedded", marks=pytest.mark.embedded),
+    ]
+)
+def both_stacks(request) -> str:
+    """Run the test in both passes of `make test`: on PostgreSQL + Redis, and on the embedded default.
+
+    Use it with ``@pytest.mark.usefixtures("both_stacks")``. A process serves
+    one stack (settings are read once), so each pass runs one of the two.
+    """
+    return request.param
+
+
 def pytest_collection_modifyitems(config, items):
-    # Tests marked `embedded` run only in the embedded pass of `make test`
-    # (no DATABASE_URL / CELERY_BROKER_URL), and the rest only outside it.
+    # Tests marked `embedded` (also through both_stacks) run only in the
+    # embedded pass of `make test` (no DATABASE_URL / CELERY_BROKER_URL), and
+    # the rest only outside it.
     embedded_run = "DATABASE_URL" not in os.environ
     for item in items:
         is_embedded = item.get_closest_marker("embedded") is not None

@@ -31,6 +31,7 @@ def run_attempts(run_id, count: int, timeout: float = 60) -> list[TaskExecution]
     return wait_for(done, timeout=timeout, what=f"{count} finished attempts of run {run_id}")
 
 
+@pytest.mark.usefixtures("both_stacks")
 def test_a_command_past_its_timeout_ends_timeout_and_its_process_is_gone(worker, make_task):
     task = make_task(command=f"{PY} -c 'import time; time.sleep(10)'", timeout=5, kill_grace=2)
 
@@ -46,6 +47,7 @@ def test_a_command_past_its_timeout_ends_timeout_and_its_process_is_gone(worker,
     assert processes_of_execution(execution.pk) == []
 
 
+@pytest.mark.usefixtures("both_stacks")
 def test_a_failing_command_with_two_retries_yields_three_failed_attempts_of_one_run(worker, make_task):
     task = make_task(command=f"{PY} -c 'exit(1)'", retry_count=2, retry_delay=0)
 
@@ -179,6 +181,7 @@ def test_cancelling_a_running_execution_stops_it_within_two_seconds_plus_grace(w
     assert TaskExecution.objects.filter(run_id=execution.run_id).count() == 1  # cancelled is not retried
 
 
+@pytest.mark.usefixtures("both_stacks")
 def test_the_same_run_message_delivered_twice_runs_the_command_once(worker, make_task, tmp_path):
     marker = tmp_path / "runs"
     task = make_task(command=f"sh -c 'echo run >> {marker}; sleep 1'", timeout=30)
