@@ -359,6 +359,10 @@ CELERY_BEAT_SCHEDULER = "config.beat:DatabaseScheduler"
 
 # TaskHub: output capture
 TASKHUB_OUTPUT_LIMIT = env_number("TASKHUB_OUTPUT_LIMIT", 1024 * 1024, minimum=1024, integer=True)  # bytes per stream
+# TaskHub: the user commands run as (a name or uid), so they cannot read the
+# worker's environment or memory; empty = the worker's own user. A worker
+# that may not switch to it refuses to start.
+TASKHUB_RUN_AS = env_str("TASKHUB_RUN_AS", "").strip()
 # TaskHub: liveness and recovery (seconds)
 TASKHUB_LOST_AFTER = env_number("TASKHUB_LOST_AFTER", 60, minimum=3)
 TASKHUB_REQUEUE_AFTER = env_number("TASKHUB_REQUEUE_AFTER", 60, minimum=1)

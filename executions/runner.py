@@ -13,21 +13,27 @@ Guarantees:
 - if the calling process dies, a small watcher process (in its own session)
   kills every group still registered, grandchildren included;
 - stdout and stderr are kept separately, each bounded: the first and the last
-  part are kept with a marker naming how much was cut between them.
+  part are kept with a marker naming how much was cut between them;
+- with ``run_as`` the command runs as that user and its primary group, with no
+  supplementary groups, so it cannot read the worker's memory or environment;
+  the runner refuses to start it as the worker's own user instead;
+- error texts never show a value of ``secret_values`` (the task's own env).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import pwd
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 # Environment variables a command inherits from the worker; everything else
@@ -37,6 +43,19 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_CHUNK = 64 * 1024
 # After the group is killed, how long to wait for its pipes to close.
 DRAIN_AFTER_KILL = 1.0
+# What error texts show in place of a hidden value (the admin and API mask env so too).
+MASK = "\u2022\u2022\u2022\u2022"
+# Capabilities a worker that is not root needs to run commands as another user:
+# switch user and group, signal the command's group, hand it a private
+# directory and remove that directory (in the sticky /tmp) afterwards.
+SWITCH_CAPABILITIES = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_FOWNER": 3,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+}
 
 
 class OutputBuffer:
@@ -91,6 +110,10 @@ class CommandSpec:
     output_limit: int = 1024 * 1024
     heartbeat_interval: float = 5.0
     cancel_poll_interval: float = 1.0
+    # TASKHUB_RUN_AS: user name or uid to run the command as; "" = the worker's own user.
+    run_as: str = ""
+    # Values no error text may show (the task's own env values): replaced by MASK.
+    secret_values: Collection[str] = ()
 
 
 @dataclass
@@ -103,6 +126,11 @@ class RunResult:
     output_truncated: bool = False
     error: str = ""
     pid: int | None = None
+    # The command's peak resident memory in KiB: exact once the command grew
+    # bigger than the worker that started it; below that the kernel cannot
+    # tell the two apart, and it is the peak of the command's first process
+    # as sampled at each heartbeat interval, or None for a command that ended
+    # before the first sample (see _peak_rss_kb).
     max_rss_kb: int | None = None
     cpu_user: float | None = None
     cpu_system: float | None = None
@@ -124,10 +152,21 @@ class Hooks:
     wakeup_fd: int | None = None
 
 
-def build_env(extra: Mapping[str, str]) -> dict[str, str]:
+def build_env(extra: Mapping[str, str], *, run_as: str = "") -> dict[str, str]:
+    """Return the command's environment: the worker's BASE_ENV_NAMES, then ``extra``.
+
+    Nothing else of the worker's environment (DATABASE_URL, the secret key, the
+    broker's URL) reaches a command. With ``run_as``, HOME, USER and LOGNAME
+    are that user's, and the worker's TMPDIR is left out (the runner gives the
+    command a private one).
+    """
     environ = os.environ
     env = {name: value for name in BASE_ENV_NAMES if (value := environ.get(name)) is not None}
     env.setdefault("PATH", DEFAULT_PATH)
+    user = lookup_user(run_as) if run_as else None
+    if user is not None:
+        env.pop("TMPDIR", None)
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
     env.update(extra)
     return env
 
@@ -149,6 +188,91 @@ def processes_with_env(name: str, value: str) -> list[int]:
         except OSError:  # gone meanwhile, or not ours to read
             continue
     return found
+
+
+# -- the user commands run as -------------------------------------------------------
+
+
+def lookup_user(run_as: str) -> pwd.struct_passwd | None:
+    """Return the password entry for a user name or uid, or None when there is none."""
+    name = run_as.strip()
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, OverflowError, ValueError):
+        return None
+
+
+def switch_problem(status: str | None = None, euid: int | None = None) -> str:
+    """Say why this process may not run commands as another user, or return "" when it may.
+
+    It needs SWITCH_CAPABILITIES (root has them unless they were taken
+    away) and, when it is not root, no ambient capabilities: a change from
+    one non-root uid to another keeps those, and the command would get them
+    (CAP_SETUID among them) back at its exec. ``status`` and ``euid``
+    default to this process's own (/proc/self/status, geteuid).
+    """
+    euid = os.geteuid() if euid is None else euid
+    if status is None:
+        try:
+            with open("/proc/self/status") as fh:
+                status = fh.read()
+        except OSError:
+            return "" if euid == 0 else f"the worker (uid {euid}) is not root and its capabilities cannot be read."
+    caps = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in {"CapEff", "CapAmb"}:
+            caps[key] = int(value.strip(), 16)
+    effective, ambient = caps.get("CapEff", 0), caps.get("CapAmb", 0)
+    missing = [name for name, bit in SWITCH_CAPABILITIES.items() if not effective >> bit & 1]
+    if missing:
+        why = f"lacks {', '.join(missing)}"
+    elif euid != 0 and ambient:
+        why = "has ambient capabilities, which the command would inherit"
+    else:
+        return ""
+    return (
+        f"the worker (uid {euid}) may not run commands as another user: it {why}. "
+        f"Run the worker as root, or give it {', '.join(SWITCH_CAPABILITIES)} and no ambient capabilities."
+    )
+
+
+def may_switch_to(run_as: str) -> str:
+    """Say why this process may not run commands as ``run_as`` (TASKHUB_RUN_AS), or return "".
+
+    A worker for which this says something must not start: it would fail
+    every command. A user that does not exist is not its concern (each
+    execution says so instead); it is another user all the same.
+    """
+    if not run_as:
+        return ""
+    user = lookup_user(run_as)
+    if user is not None and user.pw_uid == os.geteuid():
+        return ""
+    problem = switch_problem()
+    return f"TASKHUB_RUN_AS={run_as!r} asks for another user, but {problem}" if problem else ""
+
+
+def _user_to_switch_to(run_as: str) -> tuple[pwd.struct_passwd | None, str]:
+    """Return (the user to switch to, or None when no switch is needed; why it cannot be done, or "")."""
+    if not run_as:
+        return None, ""
+    user = lookup_user(run_as)
+    if user is None:
+        return None, f"TASKHUB_RUN_AS user {run_as!r} does not exist."
+    if user.pw_uid == os.geteuid():
+        return None, ""
+    problem = switch_problem()
+    if problem:
+        return None, f"TASKHUB_RUN_AS asks for user {user.pw_name!r}, but {problem}"
+    return user, ""
+
+
+def _private_dir(user: pwd.struct_passwd) -> str:
+    """Make a directory in the worker's temp dir that only ``user`` may use (0700)."""
+    path = tempfile.mkdtemp(prefix="taskhub-")
+    os.chown(path, user.pw_uid, user.pw_gid)
+    return path
 
 
 # -- the watcher: kills registered groups when this process dies -----------------
@@ -255,15 +379,31 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _start_error(spec: CommandSpec, cwd: str, exc: OSError) -> str:
+def _mask(text: str, secrets: Collection[str]) -> str:
+    """Replace each secret in ``text``, also as ``repr`` shows it, by MASK (longest first)."""
+    forms = {form for value in secrets if value for form in (value, repr(value)[1:-1])}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, MASK)
+    return text
+
+
+def _not_started(spec: CommandSpec, error: str) -> RunResult:
+    return RunResult(outcome="not_started", error=_mask(error, spec.secret_values))
+
+
+def _start_error(spec: CommandSpec, cwd: str, exc: OSError, user: pwd.struct_passwd | None) -> str:
     program = spec.argv[0] if spec.argv else ""
+    who = f" as user {user.pw_name!r}" if user else ""
     if getattr(exc, "filename", None) == cwd:
-        # The child could not change into it: say why in words.
+        # The child could not change into it (it does so before it switches
+        # users, so as the worker's user): say why in words.
         return _check_cwd(cwd) or f"Cannot start: working directory {cwd!r}: {exc.strerror}."
     if isinstance(exc, FileNotFoundError):
-        return f"Cannot start: command not found: {program!r} (searched PATH={spec.env.get('PATH', '')!r})."
+        path = spec.env.get("PATH", "")
+        searched = "the task's PATH" if path and path in spec.secret_values else f"PATH={path!r}"
+        return f"Cannot start: command not found: {program!r} (searched {searched})."
     if isinstance(exc, PermissionError):
-        return f"Cannot start: permission denied executing {program!r} (is it executable?)."
+        return f"Cannot start: permission denied executing {program!r}{who} (is it executable?)."
     if exc.errno == errno.ENOEXEC:
         return f"Cannot start: {program!r} is not an executable format (missing #! line?)."
     return f"Cannot start {program!r}: {exc.strerror or exc}."
@@ -283,8 +423,32 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
     """Run ``spec`` to the end and return what happened. Never raises for the command's faults."""
     hooks = hooks or Hooks()
     if not spec.argv:
-        return RunResult(outcome="not_started", error="Cannot start: the command is empty.")
-    cwd = spec.cwd or tempfile.gettempdir()
+        return _not_started(spec, "Cannot start: the command is empty.")
+    user, problem = _user_to_switch_to(spec.run_as)
+    if problem:
+        # Never fall back to the worker's own user: the command could read its secrets.
+        return _not_started(spec, f"Cannot start: {problem}")
+    private_dir = ""
+    if user is not None:
+        try:
+            private_dir = _private_dir(user)
+        except OSError as exc:
+            return _not_started(spec, f"Cannot start: no private directory for user {user.pw_name!r}: {exc}.")
+    try:
+        return _run(spec, hooks, user, private_dir)
+    finally:
+        if private_dir:
+            # The command's group is gone by now; what it left there goes too.
+            shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _run(spec: CommandSpec, hooks: Hooks, user: pwd.struct_passwd | None, private_dir: str) -> RunResult:
+    cwd = spec.cwd or private_dir or tempfile.gettempdir()
+    env = dict(spec.env)
+    switch: dict[str, object] = {}
+    if user is not None:
+        env.setdefault("TMPDIR", private_dir)
+        switch = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -293,13 +457,14 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            env=dict(spec.env),
+            env=env,
             start_new_session=True,
+            **switch,
         )
     except OSError as exc:
-        return RunResult(outcome="not_started", error=_start_error(spec, cwd, exc))
+        return _not_started(spec, _start_error(spec, cwd, exc, user))
     except (ValueError, TypeError) as exc:  # e.g. a NUL byte in argv or env
-        return RunResult(outcome="not_started", error=f"Cannot start: {exc}.")
+        return _not_started(spec, f"Cannot start: {exc}.")
 
     pid = pgid = proc.pid
     watcher.register(pgid)
@@ -317,7 +482,7 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
         _, wait_status, rusage = os.wait4(pid, 0)
         reaped = True
         proc.returncode = os.waitstatus_to_exitcode(wait_status)
-        result.max_rss_kb = rusage.ru_maxrss
+        result.max_rss_kb = _peak_rss_kb(rusage.ru_maxrss, result.max_rss_kb)
         result.cpu_user = rusage.ru_utime
         result.cpu_system = rusage.ru_stime
         if os.WIFSIGNALED(wait_status):
@@ -356,6 +521,49 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
     return result
 
 
+# -- the command's own memory figure ---------------------------------------------------------
+
+# Below this many KiB over the worker's own peak, a figure may still be the
+# worker's: the kernel's RSS counters are per-CPU and read approximately.
+RSS_SLACK_KB = 1024
+
+
+def _vm_hwm_kb(pid: int | str) -> int | None:
+    """Return the peak resident memory (VmHWM, KiB) of a live process, or None (gone, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _peak_rss_kb(ru_maxrss: int, sampled: int | None) -> int | None:
+    """Return the command's peak resident memory in KiB, or None when it cannot be told.
+
+    The kernel charges a command's first process with the resident size of
+    the process that forked it (this worker) at its exec, so ``ru_maxrss`` is
+    at least the worker's size. Above the worker's own peak it is exactly
+    the command's: the largest of its first process and the children that
+    process waited for. Below it, the command's peak cannot be told from the
+    worker's; what remains is the first process's own peak as sampled while
+    it ran (at each heartbeat interval), or None for a command that ended
+    before the first sample.
+    """
+    worker_peak = _vm_hwm_kb("self") or 0
+    if ru_maxrss > worker_peak + RSS_SLACK_KB:
+        return ru_maxrss
+    return sampled
+
+
+def _sample_peak(pid: int, result: RunResult) -> None:
+    peak = _vm_hwm_kb(pid)
+    if peak is not None and peak > (result.max_rss_kb or 0):
+        result.max_rss_kb = peak
+
+
 def _signame(sig: int) -> str:
     try:
         return signal.Signals(sig).name
@@ -374,7 +582,9 @@ def _supervise(
     """Pump output and enforce deadline and cancellation until the group is done.
 
     Return "timeout" or "cancelled" when TaskHub stopped the command, else None.
-    The leader is left unreaped (a zombie) so its pgid stays reserved.
+    The leader is left unreaped (a zombie) so its pgid stays reserved. At
+    each heartbeat interval the leader's peak memory so far goes into
+    ``result.max_rss_kb`` (see _peak_rss_kb).
     """
     pgid = proc.pid
     # poll(2): no kernel object to create, fill and close for each command, as epoll
@@ -424,8 +634,11 @@ def _supervise(
                 _killpg(pgid, signal.SIGKILL)
                 killed = True
                 give_up_at = now + DRAIN_AFTER_KILL
-            if hooks.on_heartbeat and now >= next_heartbeat:
-                hooks.on_heartbeat(out, err)
+            if now >= next_heartbeat:
+                if not leader_done:
+                    _sample_peak(pgid, result)
+                if hooks.on_heartbeat:
+                    hooks.on_heartbeat(out, err)
                 next_heartbeat = time.monotonic() + spec.heartbeat_interval
 
             if leader_done:
@@ -440,7 +653,7 @@ def _supervise(
             if give_up_at is not None and now >= give_up_at:
                 break
 
-            wakeups = [next_heartbeat if hooks.on_heartbeat else None]
+            wakeups = [next_heartbeat]
             if stop_reason is None:
                 wakeups.append(deadline)
                 if hooks.cancel_requested:

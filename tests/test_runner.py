@@ -69,7 +69,7 @@ def test_a_successful_command_reports_exit_code_output_and_resources():
     result = run_command(sh("echo out; echo err >&2"))
     assert (result.outcome, result.exit_code, result.signal) == ("succeeded", 0, None)
     assert (result.stdout, result.stderr) == ("out\n", "err\n")
-    assert result.pid and result.max_rss_kb and result.cpu_user is not None
+    assert result.pid and result.cpu_user is not None and result.cpu_system is not None
 
 
 def test_a_non_zero_exit_is_a_failure_with_its_code():
@@ -98,6 +98,24 @@ def test_the_command_gets_a_minimal_environment_plus_its_own(monkeypatch):
     assert "PATH" in names
 
 
+def test_the_workers_secrets_never_reach_the_command(monkeypatch):
+    secrets = {
+        "DATABASE_URL": "postgres://taskhub:db-password@db/taskhub",
+        "DJANGO_SECRET_KEY": "the-secret-key",
+        "SECRET_KEY": "another-secret-key",
+        "CELERY_BROKER_URL": "redis://:broker-password@redis:6379/0",
+        "BROKER_URL": "redis://:broker-password@redis:6379/1",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    result = run_command(spec(["env"], env=build_env({"MINE": "yes"})))
+    assert result.outcome == "succeeded"
+    assert "MINE=yes" in result.stdout.splitlines()
+    for name, value in secrets.items():
+        assert name not in result.stdout
+        assert value not in result.stdout
+
+
 def test_the_command_runs_in_its_own_session():
     result = run_command(spec([sys.executable, "-c", "import os; print(os.getsid(0) == os.getpid())"]))
     assert result.stdout == "True\n"
@@ -116,6 +134,63 @@ def test_a_command_that_cannot_start_reports_why(kw, message):
     result = run_command(spec(**kw))
     assert result.outcome == "not_started"
     assert message in result.error
+
+
+def test_a_path_from_the_tasks_env_is_not_shown_when_the_command_is_not_found():
+    path = "/opt/s3cret-tools/bin"
+    env = build_env({"PATH": path})
+    result = run_command(spec(["definitely-not-a-command"], env=env, secret_values=[path]))
+    assert result.outcome == "not_started"
+    assert "command not found: 'definitely-not-a-command' (searched the task's PATH)" in result.error
+    assert "s3cret" not in result.error
+
+
+def test_the_workers_own_path_is_still_shown_when_the_command_is_not_found():
+    result = run_command(spec(["definitely-not-a-command"], secret_values=["elsewhere"]))
+    assert f"searched PATH={build_env({})['PATH']!r}" in result.error
+
+
+def test_hidden_values_are_masked_in_every_error_text_also_as_repr_escapes_them():
+    escaped = "two\nlines"  # repr() shows it as two\\nlines
+    result = run_command(spec(["true"], cwd=f"/srv/{escaped}/top-secret", secret_values=[escaped, "top-secret"]))
+    assert result.outcome == "not_started"
+    assert (
+        result.error
+        == "Cannot start: working directory '/srv/\u2022\u2022\u2022\u2022/\u2022\u2022\u2022\u2022' does not exist."
+    )
+
+
+# -- the command's own memory figure ------------------------------------------------------------
+
+ALLOCATE = "b = bytearray({mib} * 2**20); import time; time.sleep({sleep})"
+
+
+def own_peak_kb() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
+
+def test_an_echo_is_not_charged_with_the_workers_memory():
+    assert own_peak_kb() > 20 * 1024  # so the old figure (this process's size) would fail below
+    result = run_command(spec(["echo", "hello"]))
+    assert result.outcome == "succeeded"
+    # Too small and too short to be told from this process: no figure rather than a wrong one.
+    assert result.max_rss_kb is None
+
+
+def test_a_command_bigger_than_the_worker_reports_its_own_peak():
+    mib = max(100, own_peak_kb() // 1024 + 50)
+    result = run_command(spec(["python3", "-c", ALLOCATE.format(mib=mib, sleep=1)]))
+    assert result.outcome == "succeeded"
+    assert mib * 1024 * 0.9 <= result.max_rss_kb < (mib + 50) * 1024
+
+
+def test_a_command_smaller_than_the_worker_reports_its_peak_as_sampled_while_it_ran():
+    mib = 12
+    assert own_peak_kb() > (mib + 30) * 1024
+    result = run_command(spec(["python3", "-c", ALLOCATE.format(mib=mib, sleep=1)], heartbeat_interval=0.2))
+    assert result.outcome == "succeeded"
+    assert mib * 1024 <= result.max_rss_kb < (mib + 30) * 1024
 
 
 # -- deadlines, cancellation, no orphans ---------------------------------------------------------
