@@ -414,3 +414,7 @@ CELERY_BEAT_SCHEDULE = {
 if BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}:
     CELERY_TASK_QUEUE_MAX_PRIORITY = 10
     CELERY_TASK_DEFAULT_PRIORITY = 5
+
+# Worker liveness for /healthz: seconds between a worker's writes of its row
+# (executions.Worker); one that missed three is reported not alive.
+TASKHUB_WORKER_HEARTBEAT = env_number("TASKHUB_WORKER_HEARTBEAT", 10, minimum=0.5)

@@ -372,3 +372,66 @@ class TaskExecution(models.Model):
             at=at,
             snapshot=self.snapshot(),
         )
+
+
+# -- worker liveness
+
+
+class WorkerQuerySet(models.QuerySet):
+    def alive(self, at: datetime) -> WorkerQuerySet:
+        """Workers whose last heartbeat is recent enough at ``at``."""
+        return self.filter(last_seen_at__gte=Worker.alive_since(at))
+
+
+class Worker(models.Model):
+    """A Celery worker's own record that it is alive, written by its main process (executions.liveness).
+
+    /healthz reads these rows instead of asking the workers over the broker.
+    """
+
+    # A worker that missed this many heartbeats in a row is not alive: one
+    # late write is not a dead worker, three are.
+    MISSED_HEARTBEATS = 3
+
+    hostname = models.CharField(max_length=255, unique=True, help_text="The worker's node name, e.g. celery@host.")
+    queues = models.TextField(blank=True, help_text="The queues it consumes, comma-separated.")
+    pid = models.PositiveIntegerField(help_text="Its main process on its host.")
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(help_text="When it last said it was alive.")
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @classmethod
+    def alive_since(cls, at: datetime) -> datetime:
+        return at - timedelta(seconds=cls.MISSED_HEARTBEATS * settings.TASKHUB_WORKER_HEARTBEAT)
+
+    def is_alive(self, at: datetime) -> bool:
+        return self.last_seen_at >= Worker.alive_since(at)
+
+    @classmethod
+    def record(cls, *, hostname: str, queues: list[str], pid: int, started_at: datetime) -> None:
+        """Write that the worker is alive now: one UPDATE, or the whole row when it is not this process's yet."""
+        at = now()
+        if cls.objects.filter(hostname=hostname, pid=pid, started_at=started_at).update(last_seen_at=at):
+            return
+        # First write of this process, or its row was removed or taken over
+        # by an earlier life of the same node name.
+        cls.objects.update_or_create(
+            hostname=hostname,
+            defaults={"queues": ",".join(queues), "pid": pid, "started_at": started_at, "last_seen_at": at},
+        )
+
+    @classmethod
+    def forget(cls, *, hostname: str, pid: int, started_at: datetime) -> None:
+        """Delete the row at shutdown; a newer process of the same name keeps its own."""
+        cls.objects.filter(hostname=hostname, pid=pid, started_at=started_at).delete()
+
+    @property
+    def queue_names(self) -> list[str]:
+        return [name for name in self.queues.split(",") if name]

@@ -1,0 +1,81 @@
+"""Workers say in the database that they are alive (executions.Worker), so /healthz need not ask them.
+
+The worker's main process writes its row when it starts and every
+TASKHUB_WORKER_HEARTBEAT seconds, on the worker's own timer (a bootstep, the
+way Celery documents for periodic work in the worker), and deletes it at
+shutdown. A worker that stops without saying so (killed, host gone, hung)
+leaves a row that stops being written; three missed heartbeats and it is not
+alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+
+from celery import bootsteps
+from celery.signals import worker_init
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils.timezone import now
+
+logger = logging.getLogger("executions")
+
+
+class Liveness(bootsteps.StartStopStep):
+    """Write this worker's row at start and on every heartbeat; delete it at shutdown."""
+
+    label = "TaskHub liveness"
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent, **kwargs) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref = None
+        self.started_at: datetime | None = None
+
+    def start(self, worker) -> None:
+        self.started_at = now()
+        self.heartbeat(worker)
+        self.tref = worker.timer.call_repeatedly(settings.TASKHUB_WORKER_HEARTBEAT, self.heartbeat, (worker,))
+
+    def stop(self, worker) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        if self.started_at is None:
+            return
+        from executions.models import Worker
+
+        try:
+            Worker.forget(hostname=worker.hostname, pid=os.getpid(), started_at=self.started_at)
+        except Exception:
+            # Its row then ages out: three heartbeats later it is not alive.
+            logger.exception("Could not remove worker %s's liveness row at shutdown", worker.hostname)
+        self.started_at = None
+
+    # A cold shutdown stops the step the same way.
+    terminate = stop
+
+    def heartbeat(self, worker) -> None:
+        from executions.models import Worker
+
+        try:
+            Worker.record(
+                hostname=worker.hostname,
+                queues=sorted(worker.app.amqp.queues.consume_from),
+                pid=os.getpid(),
+                started_at=self.started_at,
+            )
+        except Exception:
+            # Never let a database error stop the timer: the next tick tries again.
+            logger.exception("Could not record that worker %s is alive", worker.hostname)
+            close_old_connections()
+
+
+@worker_init.connect
+def _add_liveness_step(sender, **kwargs) -> None:
+    # worker_init comes just before the worker builds its blueprint from
+    # app.steps; adding the step here needs no import of the app (config.celery
+    # imports this module).
+    sender.app.steps["worker"].add(Liveness)
