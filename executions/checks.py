@@ -22,7 +22,7 @@ def check_run_as(app_configs=None, **kwargs) -> list[Warning]:
         warnings.append(
             Warning(
                 problem,
-                hint="A worker started so refuses to start; web and beat need no such right.",
+                hint="A worker started like this refuses to start; web and beat do not need this right.",
                 id="executions.W001",
             )
         )
