@@ -88,7 +88,7 @@ def command_env(execution: TaskExecution) -> dict[str, str]:
         TASKHUB_RUN_ID=str(execution.run_id),
         TASKHUB_ATTEMPT=str(execution.attempt),
     )
-    return build_env(extra)
+    return build_env(extra, run_as=settings.TASKHUB_RUN_AS)
 
 
 def spec_for(execution: TaskExecution) -> CommandSpec:
@@ -108,6 +108,9 @@ def spec_for(execution: TaskExecution) -> CommandSpec:
         output_limit=settings.TASKHUB_OUTPUT_LIMIT,
         heartbeat_interval=settings.TASKHUB_HEARTBEAT,
         cancel_poll_interval=settings.TASKHUB_CANCEL_POLL,
+        run_as=settings.TASKHUB_RUN_AS,
+        # The task's env values may be secrets: no error text the runner writes shows them.
+        secret_values=tuple(str(v) for v in (execution.env or {}).values()),
     )
 
 

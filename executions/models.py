@@ -97,7 +97,13 @@ class TaskExecution(models.Model):
     celery_task_id = models.CharField(max_length=255, blank=True, default="", db_default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
-    max_rss_kb = models.BigIntegerField(null=True, blank=True)
+    max_rss_kb = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Peak resident memory of the command, KiB. Exact when the command grew bigger than the worker "
+        "that started it; otherwise its first process's peak as sampled at each heartbeat, or empty for a command "
+        "shorter than one heartbeat.",
+    )
     cpu_user = models.FloatField(null=True, blank=True)
     cpu_system = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(default=now, db_index=False)

@@ -161,8 +161,8 @@ def test_a_finished_execution_cannot_be_finished_again(execution):
 
 
 def test_only_one_claim_of_a_pending_row_wins(execution):
-    assert TaskExecution.claim(execution.pk, worker="a", celery_task_id="1") is True
-    assert TaskExecution.claim(execution.pk, worker="b", celery_task_id="2") is False
+    assert TaskExecution.claim(execution.pk, worker="a", celery_task_id="1").worker == "a"
+    assert TaskExecution.claim(execution.pk, worker="b", celery_task_id="2") is None
     execution.refresh_from_db()
     assert (execution.status, execution.worker) == (Status.RUNNING, "a")
     assert execution.started_at is not None
@@ -172,7 +172,7 @@ def test_a_row_not_yet_due_is_not_claimed(make_task):
     from datetime import timedelta
 
     later = TaskExecution.objects.create(task=make_task(), scheduled_for=now() + timedelta(minutes=5))
-    assert TaskExecution.claim(later.pk, worker="a", celery_task_id="1") is False
+    assert TaskExecution.claim(later.pk, worker="a", celery_task_id="1") is None
 
 
 def test_a_stale_instance_loses_the_race_without_overwriting(execution):

@@ -246,3 +246,18 @@ def test_a_worker_that_may_not_switch_users_refuses_to_start():
     assert done.returncode != 0
     assert "TaskHub worker cannot start: TASKHUB_RUN_AS='nobody' asks for another user" in done.stderr
     assert "ready" not in done.stdout + done.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_run_by_a_worker_set_to_run_as_nobody_cannot_read_the_workers_secrets(celery_processes, make_task):
+    from executions.models import Status
+    from taskhub.services import launch
+    from tests.conftest import finished
+
+    celery_processes(env={"TASKHUB_RUN_AS": "nobody", "DJANGO_SECRET_KEY": "s3cret-of-the-worker-" + "x" * 40})
+    whoami = finished(launch(make_task(command="id -un")))
+    peek = finished(launch(make_task(command="cat /proc/$PPID/environ", shell=True)))
+
+    assert whoami.status == Status.SUCCEEDED and whoami.stdout == "nobody\n"
+    assert peek.status == Status.FAILED and "Permission denied" in peek.stderr
+    assert "s3cret-of-the-worker" not in peek.stdout
