@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shlex
 import uuid
 
 from django.contrib import admin, messages
@@ -67,7 +68,29 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     paginator = CappedCountPaginator
     actions = ("cancel", "retry", "run_again")
     fieldsets = (
-        (None, {"fields": ("task_link", "status_display", "attempt", "run_link", "trigger", "triggered_by", "error")}),
+        (
+            None,
+            {
+                "fields": (
+                    "task_link",
+                    "status_display",
+                    "attempt",
+                    "run_link",
+                    "trigger",
+                    "triggered_by",
+                    "error",
+                    "handed_back",
+                )
+            },
+        ),
+        (
+            "What ran",
+            {
+                "description": "Copied from the task when the run was launched: every attempt of the run runs this, "
+                "whatever the task says now.",
+                "fields": ("command", "shell", "argv_display", "working_dir", "env_names", "timeout", "kill_grace"),
+            },
+        ),
         (
             "Timing",
             {
@@ -134,6 +157,16 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     def run_link(self, obj: TaskExecution):
         url = reverse("admin:executions_taskexecution_changelist") + f"?q={obj.run_id}"
         return format_html('<a href="{}">{}</a> (all attempts)', url, obj.run_id)
+
+    @admin.display(description="Arguments")
+    def argv_display(self, obj: TaskExecution):
+        if obj.argv is None:
+            return "—"
+        return format_html('<code style="white-space:pre-wrap">{}</code>', shlex.join(obj.argv))
+
+    @admin.display(description="Environment (names; values stay on the task)")
+    def env_names(self, obj: TaskExecution) -> str:
+        return ", ".join(sorted(obj.env or {})) or "—"
 
     @admin.display(description="Duration")
     def duration_display(self, obj: TaskExecution) -> str:

@@ -155,3 +155,45 @@ def test_retry_action_starts_a_new_attempt_of_the_same_run(as_operator, make_tas
     )
     new = TaskExecution.objects.exclude(pk=failed.pk).get()
     assert (new.run_id, new.attempt, new.status) == (failed.run_id, 2, Status.PENDING)
+
+
+def test_the_retry_action_refuses_a_run_still_going_with_a_message_and_creates_nothing(as_operator, make_task):
+    task = make_task()
+    failed = TaskExecution.objects.create(task=task, status=Status.FAILED, attempt=1)
+    waiting = TaskExecution.objects.create(task=task, run_id=failed.run_id, status=Status.PENDING, attempt=2)
+
+    response = as_operator.post(
+        reverse("admin:executions_taskexecution_changelist"),
+        {"action": "retry", "_selected_action": [failed.pk]},
+        follow=True,
+    )
+
+    assert f"#{failed.pk}: attempt 2 of its run is still pending".encode() in response.content
+    assert set(TaskExecution.objects.values_list("pk", flat=True)) == {failed.pk, waiting.pk}
+
+
+def test_the_run_again_action_starts_a_new_run_of_a_succeeded_one(as_operator, make_task, operator):
+    done = TaskExecution.objects.create(task=make_task(command="echo hi"), status=Status.SUCCEEDED)
+
+    as_operator.post(
+        reverse("admin:executions_taskexecution_changelist"), {"action": "run_again", "_selected_action": [done.pk]}
+    )
+
+    new = TaskExecution.objects.exclude(pk=done.pk).get()
+    assert new.run_id != done.run_id and new.attempt == 1 and new.triggered_by == operator
+    assert new.argv == ["echo", "hi"]
+
+
+def test_the_execution_page_shows_what_ran_with_env_names_but_not_values(as_operator, make_task):
+    from taskhub.services import launch
+
+    task = make_task(command="backup --to '/mnt/b 1'", env={"API_KEY": "s3cr3t-value"}, working_dir="/srv")
+    execution = launch(task)
+    task.command = "something else"
+    task.save()
+
+    body = as_operator.get(reverse("admin:executions_taskexecution_change", args=[execution.pk])).content.decode()
+
+    assert "backup --to &#x27;/mnt/b 1&#x27;" in body and "something else" not in body
+    assert "API_KEY" in body and "s3cr3t-value" not in body
+    assert "/srv" in body
