@@ -12,5 +12,8 @@ app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+# Each worker writes its liveness row for /healthz (a bootstep on the worker's timer).
+import executions.liveness  # noqa: E402,F401
+
 # Worker life-cycle hooks: parent-death signal, shutdown grace, recovery on start.
 import executions.worker  # noqa: E402,F401
