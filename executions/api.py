@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from executions.lifecycle import RetryRefused, retry_run, run_again
 from executions.models import InvalidTransition, TaskExecution, Trigger
 from taskhub.models import TaskDisabled
-from taskhub.permissions import CanActOnVisibleExecution, ModelPermissions
+from taskhub.permissions import CanActOnVisibleExecution, ModelPermissions, can_see_secrets
 
 # The list shows each stream's last line, cut to its last TAIL_CHARS characters,
 # read from the stream's last TAIL_SOURCE_CHARS characters (trailing blank lines
@@ -35,13 +35,21 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "id", "task", "task_name", "run_id", "attempt", "status", "trigger", "triggered_by", "scheduled_for",
             "enqueued_at", "started_at", "finished_at", "duration", "exit_code", "signal", "stdout", "stderr",
             "output_truncated", "error", "worker", "pid", "celery_task_id", "heartbeat_at", "cancel_requested_at",
-            "max_rss_kb", "cpu_user", "cpu_system", "created_at",
+            "max_rss_kb", "cpu_user", "cpu_system", "created_at", "handed_back",
+            "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
         ]  # fmt: skip
         read_only_fields = fields
 
     def get_duration(self, obj: TaskExecution) -> float | None:
         duration = obj.duration
         return None if duration is None else duration.total_seconds()
+
+    def to_representation(self, instance: TaskExecution) -> dict:
+        data = super().to_representation(instance)
+        if data.get("env") and not can_see_secrets(self.context.get("request")):
+            # What ran, as the task's own page shows it: values only for people who may change tasks.
+            data["env"] = {name: "••••" for name in data["env"]}
+        return data
 
 
 class OctetLength(Func):

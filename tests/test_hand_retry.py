@@ -91,3 +91,20 @@ def test_an_edit_of_the_task_does_not_change_what_a_pending_attempt_runs(worker,
     assert second.status == Status.FAILED and second.stdout == ""
     assert second.command == "python3 -c 'exit(1)'" and second.argv == ["python3", "-c", "exit(1)"]
     assert second.env == {}
+
+
+@pytest.mark.django_db
+def test_the_api_shows_what_an_execution_ran_with_env_values_only_to_those_who_may_change_tasks(
+    make_task, operator, viewer
+):
+    task = make_task(command="deploy --fast", env={"TOKEN": "t0ken-value"})
+    execution = launch(task)
+
+    as_viewer = api_as(viewer).get(f"/api/executions/{execution.pk}/").json()
+    as_operator = api_as(operator).get(f"/api/executions/{execution.pk}/").json()
+
+    assert as_viewer["command"] == "deploy --fast" and as_viewer["argv"] == ["deploy", "--fast"]
+    assert as_viewer["env"] == {"TOKEN": "••••"} and "t0ken-value" not in str(
+        api_as(viewer).get("/api/executions/").json()
+    )
+    assert as_operator["env"] == {"TOKEN": "t0ken-value"}
