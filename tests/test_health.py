@@ -126,6 +126,7 @@ def test_a_broker_that_never_answers_is_reported_within_the_bound():
 # -- workers, from the rows they write -----------------------------------------------------------
 
 
+@pytest.mark.usefixtures("both_stacks")  # the embedded broker runs the worker's timer in a thread
 @pytest.mark.django_db(transaction=True)
 def test_a_running_worker_appears_in_the_staff_view_and_keeps_its_row_fresh(celery_processes, client, viewer, settings):
     settings.TASKHUB_WORKER_HEARTBEAT = HEARTBEAT
@@ -151,6 +152,7 @@ def test_a_running_worker_appears_in_the_staff_view_and_keeps_its_row_fresh(cele
     assert healthz(client)["checks"]["workers"] == {"ok": True}
 
 
+@pytest.mark.usefixtures("both_stacks")
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_worker_is_not_alive_after_three_missed_heartbeats(celery_processes, client, viewer, settings):
     settings.TASKHUB_WORKER_HEARTBEAT = HEARTBEAT
@@ -178,6 +180,7 @@ def test_a_killed_worker_is_not_alive_after_three_missed_heartbeats(celery_proce
     assert answer["ok"] is True  # the web side still serves; only the workers part is down
 
 
+@pytest.mark.usefixtures("both_stacks")
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_stopped_warmly_removes_its_row(celery_processes):
     argument, name = node_name("health-stopped")
