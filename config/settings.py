@@ -355,7 +355,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Keep database connections across tasks (the Django fixup closes them after
 # every task otherwise): a reconnect per execution costs more than the command.
 CELERY_DB_REUSE_MAX = 1000
-CELERY_BEAT_SCHEDULER = "config.beat:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "taskhub.scheduler:DatabaseScheduler"
 
 # TaskHub: output capture
 TASKHUB_OUTPUT_LIMIT = env_number("TASKHUB_OUTPUT_LIMIT", 1024 * 1024, minimum=1024, integer=True)  # bytes per stream

@@ -59,8 +59,8 @@ def empty_broker():
     [("taskhub-reap-lost", "executions.reap_lost"), ("taskhub-reconcile-pending", "executions.reconcile_pending")],
 )
 def test_beat_runs_each_recovery_check_at_least_every_half_interval_and_drops_a_late_one(name, task):
-    from config.beat import DatabaseScheduler
     from config.celery import app
+    from taskhub.scheduler import DatabaseScheduler
 
     DatabaseScheduler(app=app)  # what `celery beat` does first: install the configured schedule
 
@@ -78,8 +78,8 @@ def test_beat_keeps_scheduling_when_the_database_goes_away_as_it_reloads_the_sch
     from django.db import OperationalError, connection
     from django_celery_beat.models import PeriodicTasks
 
-    from config.beat import RETRY_AFTER, DatabaseScheduler
     from config.celery import app
+    from taskhub.scheduler import RETRY_AFTER, DatabaseScheduler
 
     scheduler = DatabaseScheduler(app=app)
     scheduler.tick()  # the initial read

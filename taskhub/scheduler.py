@@ -25,6 +25,11 @@ class DatabaseScheduler(_DatabaseScheduler):
     out of ``tick`` and stopped beat, and every schedule with it. Here such
     a tick is logged, its connection dropped, the next tick comes after
     RETRY_AFTER seconds and reloads the whole schedule.
+
+    The reload is asked for through ``_last_full_sync``, django-celery-beat's
+    own record of its last full read (not a public name):
+    tests/test_recovery_checks.py fails if setting it no longer makes the
+    next tick read the whole schedule.
     """
 
     def tick(self, *args, **kwargs):
