@@ -114,7 +114,8 @@ def test_a_timeout_kills_the_whole_group_of_a_command_run_as_another_user():
     result = run_command(sh("(sleep 60 &) ; sleep 60 & sleep 60", timeout=1, kill_grace=1))
     assert result.outcome == "timeout"
     assert result.signal == signal.SIGTERM
-    assert time.monotonic() - started < 4
+    # Stopped at its 1 s deadline rather than after the 60 s sleeps (wide: a loaded machine).
+    assert time.monotonic() - started < 20
     wait_for(lambda: group_members(result.pid) == [], timeout=2, what="the sleep grandchildren to be gone")
 
 
@@ -125,7 +126,8 @@ def test_a_cancel_request_stops_a_command_run_as_another_user():
         Hooks(cancel_requested=lambda: time.monotonic() - started > 0.3),
     )
     assert result.outcome == "cancelled"
-    assert time.monotonic() - started < 2
+    # Stopped on the cancel rather than after the 60 s sleeps (wide: a loaded machine).
+    assert time.monotonic() - started < 20
     wait_for(lambda: group_members(result.pid) == [], timeout=2, what="the cancelled group to be gone")
 
 

@@ -421,5 +421,7 @@ def test_a_one_megabyte_command_is_refused_quickly(operator):
     elapsed = time.monotonic() - started
     body = assert_json_error(response, 400)
     assert "65536" in body["command"][0]
-    assert elapsed < 2, f"took {elapsed:.1f} s"
+    # Splitting it took 16 s; refusing it by length takes milliseconds. The
+    # bound tells the two apart, wide for a loaded machine.
+    assert elapsed < 8, f"took {elapsed:.1f} s"
     assert not Task.objects.exists()

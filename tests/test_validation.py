@@ -99,7 +99,9 @@ def test_a_megabyte_single_word_command_is_refused_fast_without_splitting_it():
     errors = errors_of(command="a" * 1_000_000)
     elapsed = time.monotonic() - started
     assert any("at most 65536 characters" in m for m in errors["command"])
-    assert elapsed < 2, f"validation took {elapsed:.1f}s"
+    # Splitting it took 16 s; refusing it by length takes milliseconds. The
+    # bound tells the two apart, wide for a loaded machine.
+    assert elapsed < 8, f"validation took {elapsed:.1f}s"
 
 
 def test_a_command_of_exactly_the_limit_is_accepted():
