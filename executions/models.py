@@ -30,6 +30,7 @@ class Status(models.TextChoices):
     TIMEOUT = "timeout", "Timed out"
     CANCELLED = "cancelled", "Cancelled"
     LOST = "lost", "Lost"
+    SKIPPED = "skipped", "Skipped"
 
 
 class Trigger(models.TextChoices):
@@ -42,13 +43,14 @@ class Trigger(models.TextChoices):
 
 # The only allowed transitions; everything else raises InvalidTransition.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
-    Status.PENDING: (Status.RUNNING, Status.CANCELLED),
+    Status.PENDING: (Status.RUNNING, Status.CANCELLED, Status.SKIPPED),
     Status.RUNNING: (Status.SUCCEEDED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.LOST),
     Status.SUCCEEDED: (),
     Status.FAILED: (),
     Status.TIMEOUT: (),
     Status.CANCELLED: (),
     Status.LOST: (),
+    Status.SKIPPED: (),
 }
 TERMINAL = frozenset(s for s, allowed in TRANSITIONS.items() if not allowed)
 RETRYABLE = frozenset({Status.FAILED, Status.TIMEOUT, Status.LOST})
@@ -125,6 +127,28 @@ class TaskExecution(models.Model):
     )
     timeout = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds the attempt was allowed.")
     kill_grace = models.PositiveIntegerField(null=True, blank=True)
+    exhausted = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="The last attempt of a run that used every attempt without success.",
+    )
+    decided_by = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Which rule decided the outcome and whether it is retried, in words.",
+    )
+    # A scheduled launch: its schedule and the fire time it launches, unique together.
+    schedule = models.ForeignKey(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,  # see execution_schedule_fire_unique
+    )
+    fire_time = models.DateTimeField(null=True, blank=True, help_text="The schedule's fire time this run is for.")
 
     objects = TaskExecutionQuerySet.as_manager()
 
@@ -132,6 +156,12 @@ class TaskExecution(models.Model):
         ordering = ["-id"]
         constraints = [
             models.UniqueConstraint(fields=["run_id", "attempt"], name="execution_run_attempt_unique"),
+            # A fire launches once, whatever beat does (two beats, a restart, an edit).
+            models.UniqueConstraint(
+                fields=["schedule", "fire_time"],
+                name="execution_schedule_fire_unique",
+                condition=models.Q(fire_time__isnull=False, attempt=1),
+            ),
         ]
         # Every status change rewrites the row into every index (status is
         # indexed, so no HOT update): each index here costs on every launch,
@@ -332,6 +362,8 @@ class TaskExecution(models.Model):
         at: datetime,
         snapshot: dict[str, object],
         celery_task_id: str = "",
+        schedule_id: int | None = None,
+        fire_time: datetime | None = None,
     ) -> TaskExecution:
         """Save a new pending attempt (the named LAUNCH_INSERT) and return it.
 
@@ -353,6 +385,8 @@ class TaskExecution(models.Model):
             "enqueued_at": at if enqueued else None,
             "celery_task_id": celery_task_id,
             "created_at": at,
+            "schedule_id": schedule_id,
+            "fire_time": fire_time,
             **snapshot,
         }
         execution = cls(**values)
@@ -377,6 +411,8 @@ class TaskExecution(models.Model):
             enqueued=enqueued,
             at=at,
             snapshot=self.snapshot(),
+            schedule_id=self.schedule_id,
+            fire_time=self.fire_time,
         )
 
 

@@ -31,21 +31,28 @@ EXECUTION_COLUMNS = (
     "started_at", "finished_at", "exit_code", "signal", "stdout", "stderr", "output_truncated", "error", "worker",
     "pid", "celery_task_id", "heartbeat_at", "cancel_requested_at", "max_rss_kb", "cpu_user", "cpu_system",
     "created_at", "handed_back", "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
+    "exhausted", "decided_by", "schedule_id", "fire_time",
 )  # fmt: skip
 TASK_COLUMNS = (
     "id", "name", "description", "command", "shell", "env", "working_dir", "timeout", "kill_grace", "retry_count",
-    "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority", "enabled", "created_at",
-    "updated_at",
+    "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority", "enabled",
+    "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout", "max_concurrency",
+    "overlap_policy", "pause_after_exhausted", "paused_reason", "owner_id", "created_at", "updated_at",
 )  # fmt: skip
 # Columns the database hands back as JSON text (Django reads jsonb as text too).
 _JSON_EXECUTION = tuple(i for i, name in enumerate(EXECUTION_COLUMNS) if name in ("argv", "env"))
-_JSON_TASK = tuple(i for i, name in enumerate(TASK_COLUMNS) if name == "env")
+_JSON_TASK = tuple(
+    i
+    for i, name in enumerate(TASK_COLUMNS)
+    if name in ("env", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes")
+)
 
 # What a launch or a next attempt writes; every other column is NULL or its
 # database default (db_default on the model).
 LAUNCH_INSERT_COLUMNS = (
     "task_id", "run_id", "attempt", "status", "trigger", "triggered_by_id", "scheduled_for", "enqueued_at",
     "celery_task_id", "created_at", "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
+    "schedule_id", "fire_time",
 )  # fmt: skip
 LAUNCH_INSERT = (
     f"INSERT INTO {EXECUTIONS} ({', '.join(LAUNCH_INSERT_COLUMNS)}) "
@@ -64,7 +71,7 @@ CLAIM = f"UPDATE {EXECUTIONS} AS e SET {_CLAIM_SET} WHERE {_CLAIM_WHERE}"
 
 OUTCOME_COLUMNS = (
     "status", "finished_at", "exit_code", "signal", "stdout", "stderr", "output_truncated", "error", "pid",
-    "max_rss_kb", "cpu_user", "cpu_system", "handed_back",
+    "max_rss_kb", "cpu_user", "cpu_system", "handed_back", "exhausted", "decided_by",
 )  # fmt: skip
 # A row made outside the launch path ran the task as it was when claimed: its outcome records that too.
 SNAPSHOT_COLUMNS = ("command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace")

@@ -7,6 +7,7 @@ import re
 import shlex
 import unicodedata
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -128,6 +129,26 @@ def _range(field: str, low: float, high: float) -> models.CheckConstraint:
     )
 
 
+def validate_exit_codes(value: object) -> None:
+    """Check that an exit-code rule is a list of whole numbers 0-255."""
+    if not isinstance(value, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+        raise ValidationError("Must be a list of exit codes, e.g. [0, 3].", code="invalid_exit_codes")
+    if any(not 0 <= c <= 255 for c in value):
+        raise ValidationError("Exit codes are whole numbers from 0 to 255.", code="invalid_exit_codes")
+    if len(value) > 256:
+        raise ValidationError("At most 256 exit codes.", code="invalid_exit_codes")
+
+
+def default_success_exit_codes() -> list[int]:
+    return [0]
+
+
+class OverlapPolicy(models.TextChoices):
+    QUEUE = "queue", "Queue: wait its turn"
+    SKIP = "skip", "Skip: record a skipped execution"
+    REPLACE = "replace", "Replace: cancel the running one, then start"
+
+
 class TaskDisabled(Exception):
     """Raised when a disabled task is launched."""
 
@@ -206,6 +227,52 @@ class Task(models.Model):
         help_text="0–9, 9 most urgent.",
     )
     enabled = models.BooleanField(default=True, help_text="Disabled tasks are not launched, by schedule or by hand.")
+    # Exit-code rules: which exit codes mean success, and which failures are retried.
+    success_exit_codes = models.JSONField(
+        default=default_success_exit_codes,
+        validators=[validate_exit_codes],
+        help_text="Exit codes that mean success, e.g. [0] or [0, 3].",
+    )
+    retry_exit_codes = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_exit_codes],
+        help_text="Failures with these exit codes are retried; empty means any failure is.",
+    )
+    no_retry_exit_codes = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_exit_codes],
+        help_text="Failures with these exit codes are never retried (e.g. 2 for bad usage).",
+    )
+    retry_on_timeout = models.BooleanField(default=True, help_text="Retry an attempt that ran out of time.")
+    # Concurrency: how many of the task's executions may run at once, and what a launch over it does.
+    max_concurrency = models.PositiveIntegerField(
+        default=0, help_text="Executions of this task that may run at once, on all workers; 0 means no limit."
+    )
+    overlap_policy = models.CharField(
+        max_length=16,
+        choices=OverlapPolicy.choices,
+        default=OverlapPolicy.QUEUE,
+        help_text="What a launch does when the task is already at its limit.",
+    )
+    # Exhausted runs: after this many in a row, the task's schedules are paused.
+    pause_after_exhausted = models.PositiveIntegerField(
+        default=0,
+        help_text="Disable the task's schedules after this many runs in a row used every attempt without success; "
+        "0 never does.",
+    )
+    paused_reason = models.TextField(
+        blank=True, default="", help_text="Why the task's schedules were paused (empty when they are not)."
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Scheduled and upstream launches count against this user's limit of active runs.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -138,8 +138,10 @@ def execution(make_task) -> TaskExecution:
 
 
 def test_terminal_statuses_allow_no_transition():
-    assert TERMINAL == {Status.SUCCEEDED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.LOST}
-    assert TRANSITIONS[Status.PENDING] == (Status.RUNNING, Status.CANCELLED)
+    assert TERMINAL == {
+        Status.SUCCEEDED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.LOST, Status.SKIPPED
+    }  # fmt: skip
+    assert TRANSITIONS[Status.PENDING] == (Status.RUNNING, Status.CANCELLED, Status.SKIPPED)
 
 
 def test_an_invalid_transition_raises_and_changes_nothing(execution):
