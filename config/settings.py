@@ -111,6 +111,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "taskhub",
     "executions",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -418,3 +419,39 @@ if BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}:
 # Worker liveness for /healthz: seconds between a worker's writes of its row
 # (executions.Worker); one that missed three is reported not alive.
 TASKHUB_WORKER_HEARTBEAT = env_number("TASKHUB_WORKER_HEARTBEAT", 10, minimum=0.5)
+
+# Metrics and notifications.
+# /metrics answers a request that bears TASKHUB_METRICS_TOKEN (Authorization:
+# Bearer …) or comes from an address in TASKHUB_METRICS_ALLOW (addresses or
+# networks, comma-separated; REMOTE_ADDR, so behind a proxy list the proxy).
+TASKHUB_METRICS_TOKEN = env_secret("TASKHUB_METRICS_TOKEN", "")
+TASKHUB_METRICS_ALLOW = env_list("TASKHUB_METRICS_ALLOW", ["127.0.0.1", "::1"])
+# Counters and histograms of the web, worker and beat processes of one host
+# live in files in this folder (prometheus-client's multiprocess mode), and
+# /metrics adds them up. Every process of the host must see the same folder;
+# empty it when all of them are stopped. Set in the environment here so that
+# prometheus-client, imported later, and the processes a worker forks see it.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+# Notification e-mails go through Django's mail settings.
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_number("EMAIL_PORT", 25, minimum=1, integer=True)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_number("EMAIL_TIMEOUT", 10, minimum=1)  # seconds
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "TaskHub <taskhub@localhost>")
+SERVER_EMAIL = env_str("SERVER_EMAIL", DEFAULT_FROM_EMAIL)
+# Where links in notifications point (e.g. https://taskhub.example.com); empty = no links.
+TASKHUB_BASE_URL = env_str("TASKHUB_BASE_URL", "").rstrip("/")
+# A failed delivery is tried again this many times, after TASKHUB_NOTIFY_RETRY_DELAY
+# seconds, doubling each time up to TASKHUB_MAX_ETA (so no long ETA sits in the broker).
+TASKHUB_NOTIFY_RETRIES = env_number("TASKHUB_NOTIFY_RETRIES", 5, minimum=0, integer=True)
+TASKHUB_NOTIFY_RETRY_DELAY = env_number("TASKHUB_NOTIFY_RETRY_DELAY", 30, minimum=0)
+TASKHUB_WEBHOOK_TIMEOUT = env_number("TASKHUB_WEBHOOK_TIMEOUT", 10, minimum=0.5)  # seconds per request
+# Queue of the delivery messages; served by the default worker unless changed.
+TASKHUB_NOTIFY_QUEUE = env_str("TASKHUB_NOTIFY_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
+# Seconds a worker process keeps its list of which tasks have notifications
+# before reading it again (so a task without any costs no query per execution).
+TASKHUB_NOTIFY_REFRESH = env_number("TASKHUB_NOTIFY_REFRESH", 10, minimum=0)

@@ -9,6 +9,7 @@ from config.health import healthz
 from config.login_throttle import throttled
 from executions.api import ExecutionViewSet
 from taskhub.api import TaskViewSet
+from taskhub.metrics import metrics_view
 
 admin.site.site_header = "TaskHub"
 admin.site.site_title = "TaskHub"
@@ -27,6 +28,7 @@ urlpatterns = [
     path("api/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 # Answers under /api/ are JSON, also when Django itself answers; pages elsewhere stay HTML.

@@ -31,6 +31,7 @@ from executions.db import drop_connection
 from executions.hooks import hooks_for
 from executions.models import RETRYABLE, Status, TaskExecution, Trigger
 from executions.runner import CommandSpec, RunResult, build_env, run_command
+from notifications.services import outcome_recorded
 from taskhub.services import launch
 
 logger = logging.getLogger("executions")
@@ -253,6 +254,8 @@ def finish(
             logger.warning(
                 "Execution %s was no longer running when it finished; outcome %s not recorded.", execution.pk, status
             )
+        else:  # counted and notified once committed, never holding up or failing the run
+            transaction.on_commit(lambda: outcome_recorded(outcome))
         return done
 
     may_follow = handed_back or (retryable and status in RETRYABLE)
