@@ -10,6 +10,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils.timezone import now
+from kombu.exceptions import BatchPublishError
 
 from executions.models import TaskExecution
 
@@ -50,14 +51,29 @@ def send(execution: TaskExecution, *, at: datetime | None = None) -> bool:
     delay = (execution.scheduled_for - (at or now())).total_seconds()
     if delay > settings.TASKHUB_MAX_ETA:
         return False
+    options = {
+        "args": [execution.pk],
+        "countdown": delay if delay > 0 else None,
+        "task_id": execution.celery_task_id or None,
+        # What Celery would write itself (the saferepr of the arguments), without its repr machinery.
+        "argsrepr": f"[{execution.pk}]",
+        "kwargsrepr": "{}",
+        **routing(execution),
+    }
     try:
-        current_app.send_task(
-            RUN_EXECUTION,
-            args=[execution.pk],
-            countdown=delay if delay > 0 else None,
-            task_id=execution.celery_task_id or None,
-            **routing(execution),
-        )
+        with current_app.producer_or_acquire() as producer:
+            try:
+                # The message and its task-sent event in one round trip where
+                # the transport batches (kombu's Producer.batch: Redis pipelines
+                # them; other transports publish each at once).
+                with producer.batch():
+                    current_app.send_task(RUN_EXECUTION, producer=producer, **options)
+            except BatchPublishError as exc:
+                # Delivery uncertain, and a batch is not retried: send it again
+                # the usual way. A second message for the row runs nothing
+                # twice: only one claims it.
+                logger.warning("Sending execution %s again after a failed publish batch: %s", execution.pk, exc)
+                current_app.send_task(RUN_EXECUTION, producer=producer, **options)
     except Exception:
         logger.exception("Could not send execution %s to the broker; the reconciler will send it again.", execution.pk)
         return False

@@ -389,10 +389,14 @@ class TaskExecution(models.Model):
             "fire_time": fire_time,
             **snapshot,
         }
-        execution = cls(**values)
-        execution.pk = statements.insert_pending(values)
-        execution._state.adding = False
-        execution._state.db = DEFAULT_DB_ALIAS
+        values["id"] = statements.insert_pending(values)
+        # The whole row as the database now holds it, built the way Django
+        # builds a loaded row (positional, every column): on every launch.
+        execution = cls.from_db(
+            DEFAULT_DB_ALIAS,
+            statements.EXECUTION_COLUMNS,
+            [values[name] if name in values else _NEW_ROW_DEFAULTS[name] for name in statements.EXECUTION_COLUMNS],
+        )
         if task_is_model:
             execution.task = task
         return execution
@@ -477,3 +481,11 @@ class Worker(models.Model):
     @property
     def queue_names(self) -> list[str]:
         return [name for name in self.queues.split(",") if name]
+
+
+# What the launch INSERT leaves to the database, as the model's defaults give
+# it (the columns with a callable default are always given).
+_NEW_ROW_DEFAULTS = {
+    f.attname: f.default if f.has_default() and not callable(f.default) else None
+    for f in TaskExecution._meta.concrete_fields
+}

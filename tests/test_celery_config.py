@@ -21,12 +21,23 @@ def test_the_reaper_and_the_reconciler_are_scheduled_separately():
     assert tasks == {"executions.reap_lost", "executions.reconcile_pending"}
 
 
-def test_no_celery_or_kombu_class_is_replaced():
-    # Celery and kombu as shipped: the app's messaging, events, transport and pool are their own.
-    from celery.app.amqp import AMQP
-    from celery.app.events import Events
-
-    assert type(app.amqp) is AMQP
-    assert type(app.events) is Events
-    assert app.conf.broker_transport is None
+def test_the_pool_is_celerys_own_prefork():
     assert app.conf.worker_pool == "prefork"
+    assert app.conf.task_time_limit is None and app.conf.task_soft_time_limit is None
+
+
+def test_with_no_extension_named_the_app_runs_celery_and_kombu_as_shipped():
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import django; django.setup(); from config.celery import app; "
+        "print(type(app.amqp).__module__, type(app.events).__module__, app.conf.broker_transport, "
+        "sorted(app.conf.broker_transport_options))"
+    )
+    env = {**os.environ, "TASKHUB_CELERY_EXT": "none", "DJANGO_SETTINGS_MODULE": "config.settings"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    amqp, events, transport, options = out.split(" ", 3)
+    assert (amqp, events, transport) == ("celery.app.amqp", "celery.app.events", "None")
+    assert "unanswered" not in options
