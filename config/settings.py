@@ -396,6 +396,36 @@ TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)
 # How long a worker keeps trying to write a finished execution's outcome
 # while the database is unreachable (seconds).
 TASKHUB_FINAL_WRITE_RETRY = env_number("TASKHUB_FINAL_WRITE_RETRY", 300, minimum=0)
+
+
+def env_limit_overrides(name: str) -> dict[str, int]:
+    """A JSON object of per-user or per-group limits, e.g. {"user:alice": 5, "group:ops": 50}."""
+    import json  # here, not at the top: only this helper reads JSON
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: not valid JSON ({exc}).") from None
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f'{name}: expected a JSON object such as {{"user:alice": 5, "group:ops": 50}}.')
+    for key, limit in value.items():
+        kind, _, who = key.partition(":")
+        if kind not in {"user", "group"} or not who:
+            raise ImproperlyConfigured(f'{name}: key {key!r} must be "user:NAME" or "group:NAME".')
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ImproperlyConfigured(f"{name}: the limit of {key!r} must be a whole number ≥ 0 (0 = unlimited).")
+    return value
+
+
+# Per-user limit on active runs (pending or running runs a user launched, or
+# that a schedule launched for a task they own); a launch over it is refused
+# (API 429). 0 = unlimited. Overrides: a user's own entry wins, else the most
+# generous of their groups'.
+TASKHUB_USER_ACTIVE_RUNS = env_number("TASKHUB_USER_ACTIVE_RUNS", 100, minimum=0, integer=True)
+TASKHUB_USER_ACTIVE_RUNS_OVERRIDES = env_limit_overrides("TASKHUB_USER_ACTIVE_RUNS_OVERRIDES")
 # On a warm shutdown (SIGTERM to a worker), seconds running commands get to
 # finish; then they are stopped and handed back to run again as a new attempt.
 TASKHUB_SHUTDOWN_GRACE = env_number("TASKHUB_SHUTDOWN_GRACE", 60, minimum=0)

@@ -17,7 +17,7 @@ import logging
 import shlex
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -26,25 +26,21 @@ from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils.timezone import now
 
-from executions import messaging
+from executions import concurrency, messaging, rules
 from executions.db import drop_connection
 from executions.hooks import hooks_for
-from executions.models import RETRYABLE, Status, TaskExecution, Trigger
+from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger
 from executions.runner import CommandSpec, RunResult, build_env, run_command
 from notifications.services import outcome_recorded
+from taskhub.limits import ActiveRunLimitReached
+from taskhub.models import TaskDisabled
+from taskhub.pausing import pause_schedules
 from taskhub.services import launch
 
 logger = logging.getLogger("executions")
 
 T = TypeVar("T")
 
-OUTCOME_STATUS = {
-    "succeeded": Status.SUCCEEDED,
-    "failed": Status.FAILED,
-    "timeout": Status.TIMEOUT,
-    "cancelled": Status.CANCELLED,
-    "not_started": Status.FAILED,
-}
 # How long a claim waits for the database to come back (seconds); after that
 # the message fails and the reconciler sends it again.
 CLAIM_DB_RETRY = 15
@@ -115,12 +111,16 @@ def spec_for(execution: TaskExecution) -> CommandSpec:
     )
 
 
-def _result_fields(result: RunResult) -> dict[str, object]:
+def _result_fields(result: RunResult, decision: rules.Decision) -> dict[str, object]:
     error = result.error
     if result.outcome == "timeout":
         error = "Timed out: the command was stopped after its timeout."
     elif result.outcome == "cancelled":
         error = "Cancelled while running: the command was stopped."
+    elif decision.status == Status.SUCCEEDED:
+        error = ""  # an exit code the task counts as success (success_exit_codes)
+    elif result.outcome == "succeeded":
+        error = f"The command exited with code {result.exit_code}, which is not in success_exit_codes."
     return {
         "exit_code": result.exit_code,
         "signal": result.signal,
@@ -132,6 +132,7 @@ def _result_fields(result: RunResult) -> dict[str, object]:
         "max_rss_kb": result.max_rss_kb,
         "cpu_user": result.cpu_user,
         "cpu_system": result.cpu_system,
+        "decided_by": decision.decided_by,
     }
 
 
@@ -146,8 +147,9 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
         deadline=time.monotonic() + CLAIM_DB_RETRY,
     )
     if execution is None:
-        _explain_unclaimed(execution_id, at)
-        return None
+        execution = _claim_limited_or_explain(execution_id, at, worker=worker, celery_task_id=celery_task_id)
+        if execution is None:
+            return None
     hooks = None
     try:
         spec = spec_for(execution)
@@ -161,15 +163,21 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
             # The runner was interrupted (worker shutdown, a signal); it has
             # stopped the command's group. Record why, send the next attempt
             # if one is due, then pass the exception on.
-            fields = {"error": f"TaskHub stopped supervising the command: {type(exc).__name__}: {exc}".rstrip(": ")}
+            fields = {
+                "error": f"TaskHub stopped supervising the command: {type(exc).__name__}: {exc}".rstrip(": "),
+                "decided_by": "TaskHub stopped supervising the command: retried by the task's retry policy",
+            }
             try:
                 outcome = finish(execution, Status.FAILED, fields, retryable=True)
                 send_next(outcome, retries=None)
             except Exception:
                 logger.exception("Could not record the interruption of execution %s.", execution_id)
             raise
-    status = OUTCOME_STATUS[result.outcome]
-    fields = _result_fields(result)
+    decision = rules.decide(
+        result.outcome, exit_code=result.exit_code, signal=result.signal, rules=rules.Rules.of(execution.task)
+    )
+    status = decision.status
+    fields = _result_fields(result, decision)
     handed_back = result.outcome == "cancelled" and hooks is not None and hooks.stopped_for_shutdown
     if handed_back:
         status = Status.LOST
@@ -178,13 +186,14 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
             f"TASKHUB_SHUTDOWN_GRACE ({settings.TASKHUB_SHUTDOWN_GRACE:g}s); it was stopped and runs again "
             "as a new attempt (not counted against the retries)."
         )
+        fields["decided_by"] = "handed back at its worker's warm shutdown: runs again, not counted as a retry"
     return with_db_retry(
         f"recording the outcome of execution {execution_id}",
         lambda: finish(
             execution,
             status,
             fields,
-            retryable=result.outcome != "not_started",
+            retryable=decision.retry,
             handed_back=handed_back,
             by_worker=True,
         ),
@@ -192,10 +201,19 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
     )
 
 
-def _explain_unclaimed(execution_id: int, at: datetime) -> None:
+def _claim_limited_or_explain(
+    execution_id: int, at: datetime, *, worker: str, celery_task_id: str
+) -> TaskExecution | None:
+    """Claim a due row of a task with a concurrency limit (executions.concurrency), or say why the message was not ours."""
     row = TaskExecution.objects.filter(pk=execution_id).select_related("task").first()
     if row is None:
         logger.warning("Execution %s does not exist (deleted?); message ignored.", execution_id)
+    elif row.status == Status.PENDING and row.task.max_concurrency and row.scheduled_for <= at + CLAIM_CLOCK_TOLERANCE:
+        return with_db_retry(
+            f"claiming execution {execution_id}",
+            lambda: concurrency.claim_limited(row, worker=worker, celery_task_id=celery_task_id, due_by=at),
+            deadline=time.monotonic() + CLAIM_DB_RETRY,
+        )
     elif row.status == Status.PENDING:
         # Delivered before it is due (a message sent early by hand or a clock skew):
         # send it again for its due time.
@@ -208,6 +226,7 @@ def _explain_unclaimed(execution_id: int, at: datetime) -> None:
             execution_id,
             row.status,
         )
+    return None
 
 
 # -- the end of an attempt and the next one ---------------------------------------------
@@ -234,14 +253,20 @@ def finish(
 ) -> Outcome:
     """Record the outcome of a running attempt and, in the same transaction, the next attempt's row.
 
-    ``by_worker``: the worker's own outcome, written with the named OUTCOME
-    statement; otherwise (the reaper, a worker's recovery) an ORM update. A
-    ``handed_back`` attempt (stopped by its worker's warm shutdown) always
-    gets a next attempt, due at once and not counted against retry_count.
+    ``retryable``: the task's rules retry this outcome (executions.rules);
+    the next attempt follows if attempts remain. The last attempt of a run
+    that used every attempt without success is marked ``exhausted`` in the
+    same write as its outcome. ``by_worker``: the worker's own outcome,
+    written with the named OUTCOME statement; otherwise (the reaper, a
+    worker's recovery) an ORM update. A ``handed_back`` attempt (stopped by
+    its worker's warm shutdown) always gets a next attempt, due at once and
+    not counted against retry_count.
     """
     outcome = Outcome(execution=execution, handed_back=handed_back)
     fields = {**fields, "handed_back": handed_back}
+    fields.setdefault("decided_by", _default_decided_by(status, retryable))
     previous_status = execution.status
+    task = execution.task
 
     def write() -> bool:
         if by_worker:
@@ -258,27 +283,30 @@ def finish(
             transaction.on_commit(lambda: outcome_recorded(outcome))
         return done
 
-    may_follow = handed_back or (retryable and status in RETRYABLE)
+    failure = status in RETRYABLE
+    may_follow = handed_back or (retryable and failure)
     if not may_follow:
-        # No next attempt can follow (succeeded, cancelled, could not start):
+        # No next attempt can follow (succeeded, cancelled, not retried):
         # the outcome is one conditional UPDATE, no transaction block around it.
-        write()
+        if failure and execution.attempt >= task.attempts and _counted_attempts(execution) >= task.attempts:
+            _mark_exhausted(fields, task)
+        if write():
+            _after_outcome(execution, task, fields)
         return outcome
     try:
         with transaction.atomic():
+            retry = 0 if handed_back else _counted_attempts(execution)  # the retry the next attempt would be
+            if not handed_back and retry > task.retry_count:
+                _mark_exhausted(fields, task)
             if not write():
                 return outcome
-            task = execution.task
             if handed_back:
                 outcome.next_execution = execution.next_attempt(delay=0, enqueued=True)
-            else:
-                retry = _counted_attempts(execution)  # the retry the next attempt would be
-                if retry <= task.retry_count:
-                    delay = task.retry_delay_for(retry)
-                    outcome.next_execution = execution.next_attempt(
-                        delay=delay, enqueued=delay <= settings.TASKHUB_MAX_ETA
-                    )
-                    outcome.retry_delay = delay
+            elif retry <= task.retry_count:
+                delay = task.retry_delay_for(retry)
+                outcome.next_execution = execution.next_attempt(delay=delay, enqueued=delay <= settings.TASKHUB_MAX_ETA)
+                outcome.retry_delay = delay
+            _after_outcome(execution, task, fields)
     except BaseException:
         # Nothing was committed (e.g. the database went away before COMMIT):
         # the row is still `previous_status`, and so must this instance be, or
@@ -286,6 +314,41 @@ def finish(
         execution.status = previous_status
         raise
     return outcome
+
+
+def _default_decided_by(status: str, retryable: bool) -> str:
+    # The reaper and a worker's recovery say why a row is lost in `error`; this says what follows.
+    if status == Status.LOST:
+        return "lost: retried by the task's retry policy" if retryable else "lost: not retried"
+    return ""
+
+
+def _mark_exhausted(fields: dict[str, object], task) -> None:
+    fields["exhausted"] = True
+    used = f"every attempt used ({task.attempts} of {task.attempts})"
+    fields["decided_by"] = f"{fields['decided_by']}; {used}"[:200] if fields.get("decided_by") else used
+
+
+def _after_outcome(execution: TaskExecution, task, fields: dict[str, object]) -> None:
+    """What an attempt's end sets off for its task: a queued run's turn, an auto-pause."""
+    if task.max_concurrency:
+        # After the commit: a claim made before it would still count this attempt as running.
+        transaction.on_commit(lambda: concurrency.wake_next(task))
+    if fields.get("exhausted") and task.pause_after_exhausted:
+        _pause_if_exhausted_in_a_row(execution, task)
+
+
+def _pause_if_exhausted_in_a_row(execution: TaskExecution, task) -> None:
+    n = task.pause_after_exhausted
+    if not TaskExecution.objects.ended_exhausted_in_a_row(task.pk, n):
+        return
+    reason = (
+        f"paused after {n} runs in a row used every attempt without success "
+        f"(the last: execution {execution.pk}, {now():%Y-%m-%d %H:%M %Z}); "
+        "fix the task, then enable its schedules again"
+    )
+    pause_schedules(task, reason)
+    logger.warning("Task %r: schedules %s.", task.name, reason)
 
 
 def send_next(outcome: Outcome, *, retries: int | None) -> messaging.Travel | None:
@@ -364,3 +427,30 @@ def retry_run(execution: TaskExecution, *, user=None, trigger: str = Trigger.MAN
 def run_again(execution: TaskExecution, *, user=None, trigger: str = Trigger.MANUAL) -> TaskExecution:
     """Start a new run of ``execution``'s task, as it is defined now."""
     return launch(execution.task, trigger=trigger, user=user)
+
+
+@dataclass
+class Rerun:
+    """What ``rerun_exhausted`` did: the new runs, and the executions it did not re-run with the reason."""
+
+    started: list[TaskExecution]
+    refused: list[tuple[TaskExecution, str]]
+
+
+def rerun_exhausted(executions: Iterable[TaskExecution], user=None, *, trigger: str = Trigger.MANUAL) -> Rerun:
+    """Start a new run, by ``user``, of each exhausted run among ``executions`` (its task as defined now).
+
+    Executions that are not an exhausted run's last attempt, tasks that are
+    disabled, and launches over the user's limit of active runs are refused
+    with the reason; the others still start.
+    """
+    result = Rerun(started=[], refused=[])
+    for execution in executions:
+        if not execution.exhausted:
+            result.refused.append((execution, "not an exhausted run"))
+            continue
+        try:
+            result.started.append(launch(execution.task, trigger=trigger, user=user))
+        except (TaskDisabled, ActiveRunLimitReached, ValueError) as exc:
+            result.refused.append((execution, str(exc)))
+    return result

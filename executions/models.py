@@ -65,6 +65,28 @@ class TaskExecutionQuerySet(models.QuerySet):
             status__in=[Status.PENDING, Status.RUNNING]
         )
 
+    def exhausted_runs(self) -> TaskExecutionQuerySet:
+        """The last attempts of runs that used every attempt without success, newest first."""
+        return self.filter(exhausted=True).order_by("-id")
+
+    def active(self) -> TaskExecutionQuerySet:
+        """Attempts not finished yet: a run has at most one, so these count active runs."""
+        return self.filter(status__in=[Status.PENDING, Status.RUNNING])
+
+    def ended_exhausted_in_a_row(self, task_id: int, n: int) -> bool:
+        """Return True when the task's last ``n`` runs to end in success or exhaustion all ended exhausted.
+
+        Runs that ended otherwise (cancelled, skipped, a failure the rules do
+        not retry before the last attempt) neither count nor break the row.
+        """
+        ends = list(
+            self.filter(task_id=task_id)
+            .filter(models.Q(exhausted=True) | models.Q(status=Status.SUCCEEDED))
+            .order_by("-id")
+            .values_list("exhausted", flat=True)[:n]
+        )
+        return len(ends) == n and all(ends)
+
 
 class TaskExecution(models.Model):
     Status = Status
@@ -186,6 +208,8 @@ class TaskExecution(models.Model):
             models.Index(fields=["trigger", "-id"], name="execution_trigger_recent_idx"),
             # Retention (purge_executions) and date filters.
             models.Index(fields=["created_at"], name="execution_created_idx"),
+            # The exhausted runs page, newest first; partial: few rows are the end of an exhausted run.
+            models.Index(fields=["-id"], name="execution_exhausted_idx", condition=models.Q(exhausted=True)),
             # SET NULL when a user is deleted; rows nobody triggered are not in it.
             models.Index(
                 fields=["triggered_by"],
@@ -258,12 +282,14 @@ class TaskExecution(models.Model):
 
     @classmethod
     def claim(
-        cls, pk: int, *, worker: str, celery_task_id: str, due_by: datetime | None = None
+        cls, pk: int, *, worker: str, celery_task_id: str, due_by: datetime | None = None, limited: bool = False
     ) -> TaskExecution | None:
         """Move a pending, due row to running and return it with its task; None if it was not pending and due.
 
         A duplicate or late message finds the row no longer pending and the
-        conditional update touches nothing, so the command runs once.
+        conditional update touches nothing, so the command runs once. A row
+        of a task with a concurrency limit is claimed only with ``limited``,
+        by executions.concurrency, which has counted a free slot.
         """
         from taskhub.models import Task
 
@@ -274,6 +300,7 @@ class TaskExecution(models.Model):
             worker=worker,
             celery_task_id=celery_task_id,
             due_by=(due_by or at) + CLAIM_CLOCK_TOLERANCE,
+            limited=limited,
         )
         if claimed is None:
             return None

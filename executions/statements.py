@@ -64,13 +64,27 @@ LAUNCH_INSERT = (
 
 _CLAIM_SET = "status = 'running', started_at = %s, heartbeat_at = %s, worker = %s, celery_task_id = %s"
 _CLAIM_WHERE = "e.id = %s AND e.status = 'pending' AND e.scheduled_for <= %s"
-# PostgreSQL: claim a pending, due row and hand it back with its task, in one round trip.
-CLAIM_AND_LOAD = (
-    f"UPDATE {EXECUTIONS} e SET {_CLAIM_SET} FROM {TASKS} t WHERE {_CLAIM_WHERE} AND t.id = e.task_id "
+_CLAIM_RETURNING = (
     f"RETURNING {', '.join(f'e.{c}' for c in EXECUTION_COLUMNS)}, {', '.join(f't.{c}' for c in TASK_COLUMNS)}"
 )
-# SQLite: the same claim; the caller reads the row and its task after it.
-CLAIM = f"UPDATE {EXECUTIONS} AS e SET {_CLAIM_SET} WHERE {_CLAIM_WHERE}"
+# PostgreSQL: claim a pending, due row and hand it back with its task, in one
+# round trip; only for a task without a concurrency limit (the caller takes
+# a limited task's claim to executions/concurrency.py).
+CLAIM_AND_LOAD = (
+    f"UPDATE {EXECUTIONS} e SET {_CLAIM_SET} FROM {TASKS} t WHERE {_CLAIM_WHERE} AND t.id = e.task_id "
+    f"AND t.max_concurrency = 0 {_CLAIM_RETURNING}"
+)
+# PostgreSQL: the same for any task, run with the task's row locked and a free slot counted.
+CLAIM_AND_LOAD_LIMITED = (
+    f"UPDATE {EXECUTIONS} e SET {_CLAIM_SET} FROM {TASKS} t WHERE {_CLAIM_WHERE} AND t.id = e.task_id "
+    f"{_CLAIM_RETURNING}"
+)
+# SQLite: the same claims; the caller reads the row and its task after them.
+CLAIM = (
+    f"UPDATE {EXECUTIONS} AS e SET {_CLAIM_SET} WHERE {_CLAIM_WHERE} "
+    f"AND (SELECT t.max_concurrency FROM {TASKS} t WHERE t.id = e.task_id) = 0"
+)
+CLAIM_LIMITED = f"UPDATE {EXECUTIONS} AS e SET {_CLAIM_SET} WHERE {_CLAIM_WHERE}"
 
 OUTCOME_COLUMNS = (
     "status", "finished_at", "exit_code", "signal", "stdout", "stderr", "output_truncated", "error", "pid",
@@ -150,14 +164,18 @@ def insert_pending(values: dict[str, object]) -> int:
 
 
 def claim_and_load(
-    execution_id: int, *, at: datetime, worker: str, celery_task_id: str, due_by: datetime
+    execution_id: int, *, at: datetime, worker: str, celery_task_id: str, due_by: datetime, limited: bool = False
 ) -> tuple[dict[str, object], dict[str, object]] | None:
-    """Claim a pending row due by ``due_by``; return its columns and its task's, or None when it was not claimed."""
+    """Claim a pending row due by ``due_by``; return its columns and its task's, or None when it was not claimed.
+
+    Without ``limited``, a row whose task has a concurrency limit is not
+    claimed; with it, any row is (the caller has made sure of a free slot).
+    """
     conn = _connection()
     params = [_prep(conn, at), _prep(conn, at), worker, celery_task_id, execution_id, _prep(conn, due_by)]
     with _cursor(conn) as cursor:
         if conn.vendor == "postgresql":
-            cursor.execute(CLAIM_AND_LOAD, params)
+            cursor.execute(CLAIM_AND_LOAD_LIMITED if limited else CLAIM_AND_LOAD, params)
             row = cursor.fetchone()
             if row is None:
                 return None
@@ -170,7 +188,7 @@ def claim_and_load(
             return dict(zip(EXECUTION_COLUMNS, values[:split], strict=True)), dict(
                 zip(TASK_COLUMNS, values[split:], strict=True)
             )
-        cursor.execute(CLAIM, params)
+        cursor.execute(CLAIM_LIMITED if limited else CLAIM, params)
         return ({}, {}) if cursor.rowcount == 1 else None
 
 

@@ -17,6 +17,7 @@ from django.utils.text import Truncator
 import taskhub.celery_admin  # noqa: F401  (replaces django-celery-beat's and -results' admins)
 from executions.models import TaskExecution, Trigger
 from taskhub.admin_lookups import OfferedFiltersOnly
+from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import Task, TaskDisabled
 from taskhub.services import launch
 
@@ -169,6 +170,8 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
                 started.append(task.name)
             except TaskDisabled:
                 refused.append(task.name)
+            except ActiveRunLimitReached as exc:
+                self.message_user(request, f"Not started: {task.name}: {exc}", messages.WARNING)
         if started:
             self.message_user(request, f"Started {len(started)} task(s): {', '.join(started)}.", messages.SUCCESS)
         if refused:

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from executions.api import ExecutionReceiptSerializer, ExecutionSerializer
 from executions.models import Trigger
+from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import Task, TaskDisabled
 from taskhub.permissions import CanRunVisibleTask, ModelPermissions, can_see_executions, can_see_secrets
 from taskhub.services import launch
@@ -83,6 +84,7 @@ class TaskViewSet(viewsets.ModelViewSet):
                 description="The pending execution; only its id, status and url for users who may not view executions.",
             ),
             409: None,
+            429: OpenApiResponse(description="Over the user's limit of active runs; nothing was created."),
         },
     )
     @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanRunVisibleTask])
@@ -92,6 +94,8 @@ class TaskViewSet(viewsets.ModelViewSet):
             execution = launch(task, trigger=Trigger.API, user=request.user)
         except TaskDisabled as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except ActiveRunLimitReached as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_429_TOO_MANY_REQUESTS)
         # The answer says no more than the user may see.
         serializer_class = ExecutionSerializer if can_see_executions(request) else ExecutionReceiptSerializer
         return Response(serializer_class(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)

@@ -9,8 +9,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils.timezone import now
 
-from executions import messaging
-from executions.models import TaskExecution, Trigger
+from executions import concurrency, messaging
+from executions.models import Status, TaskExecution, Trigger
+from taskhub import limits
 from taskhub.models import Task, TaskDisabled
 
 
@@ -20,16 +21,42 @@ def launch(
     trigger: str = Trigger.MANUAL,
     user: AbstractBaseUser | None = None,
     scheduled_for: datetime | None = None,
+    schedule_id: int | None = None,
+    fire_time: datetime | None = None,
 ) -> TaskExecution:
     """Create the first attempt of a new run and send it once the transaction commits.
 
     Raise TaskDisabled for a disabled task, ValueError when its command line
     does not split. The run records what it runs (a snapshot of the task):
     a later edit of the task does not change it.
+
+    Raise limits.ActiveRunLimitReached, creating nothing, when the launch
+    would take the user it counts against (``user``, else the task's owner)
+    over their limit of active runs. A task at its ``max_concurrency`` whose
+    overlap policy is skip gets a ``skipped`` execution, returned as any
+    other; ``replace`` asks its running executions to stop first
+    (executions.concurrency). ``schedule_id`` and ``fire_time``: the
+    schedule's fire this run is for (unique together: IntegrityError when
+    that fire was launched already).
     """
     if not task.enabled:
         raise TaskDisabled(f"Task “{task.name}” is disabled; enable it before running it.")
+    limits.check(task, user)
     at = now()
+    triggered_by_id = user.pk if user is not None and user.is_authenticated else None
+    if task.max_concurrency:
+        reason = concurrency.at_launch(task, at=at)
+        if reason is not None:
+            return _skipped(
+                task,
+                reason,
+                trigger=trigger,
+                triggered_by_id=triggered_by_id,
+                at=at,
+                snapshot=TaskExecution.snapshot_of(task),
+                schedule_id=schedule_id,
+                fire_time=fire_time,
+            )
     due = scheduled_for or at
     will_send = (due - at).total_seconds() <= settings.TASKHUB_MAX_ETA
     # One INSERT, no transaction block of its own: outside a transaction it
@@ -41,13 +68,45 @@ def launch(
         run_id=uuid.uuid4(),
         attempt=1,
         trigger=trigger,
-        triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
+        triggered_by_id=triggered_by_id,
         scheduled_for=due,
         enqueued=will_send,
         at=at,
         snapshot=TaskExecution.snapshot_of(task),
         celery_task_id=str(uuid.uuid4()),
+        schedule_id=schedule_id,
+        fire_time=fire_time,
     )
     if will_send:
         messaging.send_on_commit(execution)
     return execution
+
+
+def _skipped(
+    task: Task,
+    reason: str,
+    *,
+    trigger: str,
+    triggered_by_id: int | None,
+    at: datetime,
+    snapshot: dict[str, object],
+    schedule_id: int | None,
+    fire_time: datetime | None,
+) -> TaskExecution:
+    """Record a launch that the overlap policy skipped: a finished execution that says why."""
+    return TaskExecution.objects.create(
+        task=task,
+        run_id=uuid.uuid4(),
+        attempt=1,
+        status=Status.SKIPPED,
+        trigger=trigger,
+        triggered_by_id=triggered_by_id,
+        scheduled_for=at,
+        finished_at=at,
+        created_at=at,
+        error=reason,
+        decided_by="overlap_policy skip: the task was at its max_concurrency",
+        schedule_id=schedule_id,
+        fire_time=fire_time,
+        **snapshot,
+    )

@@ -6,6 +6,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from executions.models import Status, TaskExecution, Trigger
+from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import Task, TaskDisabled
 from taskhub.services import launch
 
@@ -27,7 +28,7 @@ class Command(BaseCommand):
             raise CommandError(f"No task named {name!r}. Known tasks: {known}.")
         try:
             execution = launch(task, trigger=Trigger.CLI)
-        except TaskDisabled as exc:
+        except (TaskDisabled, ActiveRunLimitReached) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Launched {task.name!r}: execution {execution.pk}, run {execution.run_id}.")
         if not wait:
