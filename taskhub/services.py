@@ -12,7 +12,7 @@ from django.utils.timezone import now
 from executions import concurrency, messaging
 from executions.models import Status, TaskExecution, Trigger
 from taskhub import limits
-from taskhub.models import Task, TaskDisabled
+from taskhub.models import OverlapPolicy, Task, TaskDisabled
 
 
 def launch(
@@ -44,7 +44,8 @@ def launch(
     limits.check(task, user)
     at = now()
     triggered_by_id = user.pk if user is not None and user.is_authenticated else None
-    if task.max_concurrency:
+    if task.max_concurrency and task.overlap_policy != OverlapPolicy.QUEUE:
+        # queue needs nothing here: the claim makes the execution wait its turn.
         reason = concurrency.at_launch(task, at=at)
         if reason is not None:
             return _skipped(

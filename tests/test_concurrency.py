@@ -137,8 +137,18 @@ def kinds(ctx: CaptureQueriesContext) -> list[str]:
     return [q["sql"].split(None, 1)[0].upper() for q in ctx.captured_queries]
 
 
-def test_launching_a_limited_task_costs_one_more_statement(make_task):
-    task = make_task(command="true", max_concurrency=2)
+def test_launching_a_limited_task_that_queues_costs_nothing_more(make_task):
+    task = make_task(command="true", max_concurrency=2, overlap_policy=OverlapPolicy.QUEUE)
+
+    with CaptureQueriesContext(connection) as ctx:
+        launch(task)
+
+    assert kinds(ctx) == ["INSERT"], ctx.captured_queries  # its claim makes it wait its turn
+
+
+@pytest.mark.parametrize("policy", [OverlapPolicy.SKIP, OverlapPolicy.REPLACE])
+def test_launching_a_limited_task_that_skips_or_replaces_costs_one_more_statement(make_task, policy):
+    task = make_task(command="true", max_concurrency=2, overlap_policy=policy)
 
     with CaptureQueriesContext(connection) as ctx:
         launch(task)
@@ -164,6 +174,7 @@ def test_finishing_a_limited_tasks_execution_costs_one_more_statement(make_task)
     ], ctx.captured_queries  # fmt: skip
 
 
+@pytest.mark.usefixtures("both_stacks")
 def test_a_claim_at_the_limit_leaves_the_row_pending(make_task):
     task = make_task(command="true", max_concurrency=1)
     TaskExecution.objects.create(task=task, status=Status.RUNNING)
@@ -173,3 +184,20 @@ def test_a_claim_at_the_limit_leaves_the_row_pending(make_task):
 
     waiting.refresh_from_db()
     assert waiting.status == Status.PENDING and waiting.enqueued_at is not None
+
+
+@pytest.mark.usefixtures("both_stacks")
+def test_a_claim_with_a_free_slot_runs_and_a_skipped_one_says_why(make_task):
+    task = make_task(command="true", max_concurrency=1, overlap_policy=OverlapPolicy.SKIP)
+    first = TaskExecution.objects.create(task=task, status=Status.PENDING)
+    assert execute(first.pk, worker="w1", celery_task_id="c1") is not None
+    TaskExecution.objects.create(task=task, status=Status.RUNNING)
+    second = TaskExecution.objects.create(task=task, status=Status.PENDING)
+
+    assert execute(second.pk, worker="w1", celery_task_id="c2") is None
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == Status.SUCCEEDED
+    assert second.status == Status.SKIPPED and second.started_at is None
+    assert "its max_concurrency (1), and its overlap_policy is skip" in second.error
