@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # The test suite runs against PostgreSQL and Redis (override to point elsewhere).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+# The worker, routing and recovery tests run a second time with RabbitMQ as the broker.
+TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/taskhub_test
+AMQP_TESTS := tests/test_worker.py tests/test_routing.py tests/test_recovery_checks.py tests/test_hand_retry.py tests/test_rabbitmq.py
 
 .PHONY: run install test lint bench clean
 
@@ -32,6 +35,8 @@ test: install lint
 	$(PY) manage.py makemigrations --check --dry-run --skip-checks
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 		$(VENV)/bin/pytest -m "not embedded"
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$(TEST_AMQP_URL) \
+		$(VENV)/bin/pytest -m "not embedded" $(AMQP_TESTS)
 	env -u DATABASE_URL -u CELERY_BROKER_URL TASKHUB_VAR_DIR=$(CURDIR)/var/test-embedded \
 		$(VENV)/bin/pytest -m embedded
 

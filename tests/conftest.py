@@ -20,7 +20,7 @@ from django.db import connection
 
 from config import local_files
 from taskhub.models import Task
-from testsupport import ROOT, prepare_var_dir, waiting
+from testsupport import ROOT, brokers, prepare_var_dir, waiting
 from testsupport.databases import url_of
 from testsupport.processes import BEAT_READY, WORKER_READY, CeleryProcess, beat_argv, worker_argv
 from testsupport.proctable import group_members, processes_of_execution
@@ -137,6 +137,8 @@ def purge_broker() -> None:
         import redis
 
         redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    elif settings.BROKER_SCHEME in brokers.AMQP_SCHEMES:
+        brokers.purge_amqp(settings.CELERY_BROKER_URL)
     elif settings.BROKER_SCHEME == "filesystem":
         for path in local_files.broker_folders():
             shutil.rmtree(path, ignore_errors=True)

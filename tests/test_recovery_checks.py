@@ -1,4 +1,4 @@
-"""The recovery checks one call at a time, against the real database and Redis: reaper, reconciler, hand-back."""
+"""The recovery checks one call at a time, against the real database and broker: reaper, reconciler, hand-back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import uuid
 from datetime import timedelta
 
 import pytest
-import redis
 from django.conf import settings
 from django.utils.timezone import now
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -19,25 +18,14 @@ from executions.messaging import send
 from executions.models import Status, TaskExecution, Trigger
 from executions.recovery import reap_lost, reconcile_pending, recover_host
 from tests.conftest import purge_broker
+from testsupport.brokers import queued_run_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def queued_ids() -> list[int]:
-    """Execution ids of the run messages waiting in the broker's default queue."""
-    import base64
-    import json
-
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    ids = []
-    for key in client.keys("default*"):
-        if client.type(key) != b"list":
-            continue
-        for raw in client.lrange(key, 0, -1):
-            message = json.loads(raw)
-            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            ids.append(args[0])
-    return sorted(ids)
+    """Execution ids of the run messages waiting in the broker's default queue (Redis or RabbitMQ)."""
+    return queued_run_ids(settings.CELERY_BROKER_URL, "default")
 
 
 def row(task, *, status=Status.PENDING, attempt=1, run_id=None, **fields) -> TaskExecution:
