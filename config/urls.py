@@ -24,6 +24,8 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     # Before admin/ so that this path wins: the admin's login, with failed attempts limited.
     path("admin/login/", throttled(admin.site.login), name="throttled-login"),
+    # Before admin/, whose catch-all would answer these paths with a 404.
+    path("admin/console/", include("executions.urls")),
     path("admin/", admin.site.urls),
     path("api/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -21,6 +21,7 @@ def launch(
     trigger: str = Trigger.MANUAL,
     user: AbstractBaseUser | None = None,
     scheduled_for: datetime | None = None,
+    overrides: dict | None = None,
     schedule_id: int | None = None,
     fire_time: datetime | None = None,
 ) -> TaskExecution:
@@ -28,7 +29,8 @@ def launch(
 
     Raise TaskDisabled for a disabled task, ValueError when its command line
     does not split. The run records what it runs (a snapshot of the task):
-    a later edit of the task does not change it.
+    a later edit of the task does not change it. ``overrides`` replaces parts
+    of that snapshot for this run only (a one-off ``env`` or ``timeout``).
 
     Raise limits.ActiveRunLimitReached, creating nothing, when the launch
     would take the user it counts against (``user``, else the task's owner)
@@ -54,7 +56,7 @@ def launch(
                 trigger=trigger,
                 triggered_by_id=triggered_by_id,
                 at=at,
-                snapshot=TaskExecution.snapshot_of(task),
+                snapshot=_snapshot(task, overrides),
                 schedule_id=schedule_id,
                 fire_time=fire_time,
             )
@@ -73,7 +75,7 @@ def launch(
         scheduled_for=due,
         enqueued=will_send,
         at=at,
-        snapshot=TaskExecution.snapshot_of(task),
+        snapshot=_snapshot(task, overrides),
         celery_task_id=str(uuid.uuid4()),
         schedule_id=schedule_id,
         fire_time=fire_time,
@@ -81,6 +83,22 @@ def launch(
     if will_send:
         messaging.send_on_commit(execution)
     return execution
+
+
+# What a launch may change for one run; everything else runs as the task says.
+OVERRIDABLE = frozenset({"env", "timeout"})
+
+
+def _snapshot(task: Task, overrides: dict | None) -> dict[str, object]:
+    snapshot = TaskExecution.snapshot_of(task)
+    if overrides:
+        unknown = set(overrides) - OVERRIDABLE
+        if unknown:
+            raise ValueError(
+                f"Only {', '.join(sorted(OVERRIDABLE))} can be overridden for one run, not {', '.join(sorted(unknown))}."
+            )
+        snapshot.update(overrides)
+    return snapshot
 
 
 def _skipped(

@@ -56,10 +56,13 @@ def test_an_invalid_task_form_shows_each_error_and_saves_nothing(as_operator):
     assert response.status_code == 200
     body = response.content.decode()
     assert "Timeout must be between 1 and 604800 seconds" in body
-    assert "Ensure this value is greater than or equal to 0" in body  # retry_count
+    assert "Retry count must be between 0 and 1000." in body
     assert "&#x27;1BAD&#x27; is not a valid variable name" in body
     assert "Cannot split this command line" in body
     assert not Task.objects.exists()
+
+    response = as_operator.post(reverse("admin:taskhub_task_add"), {**form, "command": "   "})
+    assert "Enter a command to run." in response.content.decode()
 
 
 def test_run_now_launches_a_manual_execution_for_the_operator(as_operator, make_task, operator):
