@@ -9,7 +9,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/taskhub_test
 AMQP_TESTS := tests/test_worker.py tests/test_routing.py tests/test_recovery_checks.py tests/test_hand_retry.py tests/test_rabbitmq.py
 
-.PHONY: run install test lint bench clean
+.PHONY: run install chromium test lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "TaskHub needs Python 3.10 or newer")'
@@ -27,11 +27,15 @@ run: install
 	@echo "Starting web, worker and beat (Ctrl-C stops all of them)…"
 	$(VENV)/bin/honcho start
 
+# The browser tests drive Debian's Chromium (Playwright's own browser builds are not downloaded).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install lint
+test: install chromium lint
 	$(PY) manage.py makemigrations --check --dry-run --skip-checks
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 		$(VENV)/bin/pytest -m "not embedded"
