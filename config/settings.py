@@ -334,6 +334,25 @@ elif BROKER_SCHEME in {"redis", "rediss"}:
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
+# TaskHub's extensions of Celery and kombu (celery_ext/), each kept because
+# `make bench` shows it moves throughput (docs/performance.md): `transport`
+# (kombu's Redis transport with one client per channel), `producer` (the
+# declaration cache asked first), `settings` (Celery's settings kept at hand),
+# `unanswered` (task events sent without waiting for Redis's reply) and
+# `unanswered_acks` (acks and delivery records likewise). Name fewer to turn
+# some off, e.g. behind a Redis proxy that refuses CLIENT REPLY.
+TASKHUB_CELERY_EXT = frozenset(
+    env_list("TASKHUB_CELERY_EXT", ["transport", "producer", "settings", "unanswered", "unanswered_acks"])
+)
+_unknown_ext = TASKHUB_CELERY_EXT - {"transport", "producer", "settings", "unanswered", "unanswered_acks", "none"}
+if _unknown_ext:
+    raise ImproperlyConfigured(f"TASKHUB_CELERY_EXT: unknown {', '.join(sorted(_unknown_ext))}")
+if BROKER_SCHEME == "redis" and "transport" in TASKHUB_CELERY_EXT:
+    CELERY_BROKER_TRANSPORT = "celery_ext.broker:Transport"
+    if "unanswered" in TASKHUB_CELERY_EXT:
+        CELERY_BROKER_TRANSPORT_OPTIONS["unanswered_exchanges"] = ["celeryev"]
+    if "unanswered_acks" in TASKHUB_CELERY_EXT:
+        CELERY_BROKER_TRANSPORT_OPTIONS["unanswered_acks"] = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Celery: results (TaskExecution is the record of runs; this keeps beat's own tasks)
@@ -390,6 +409,16 @@ if TASKHUB_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.pos
         "max_size": TASKHUB_THREAD_DB_CONNECTIONS + 2,
         "timeout": 60,  # seconds a thread waits for a free connection
     }
+# Let PostgreSQL prepare the three statements every execution runs (launch
+# INSERT, claim, outcome UPDATE; executions/statements.py) once per connection
+# instead of parsing and planning them each time. Off behind a pooler that
+# cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+TASKHUB_DB_PREPARE = env_bool("TASKHUB_DB_PREPARE", True)
+if TASKHUB_DB_PREPARE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg's connect() parameter (Django passes OPTIONS through; its own
+    # default, None, turns preparing off). Django's cursors bind on the
+    # client and are never prepared: only statements that ask are.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 # Retries due further ahead than this (seconds) are held in the database and
 # sent by the reconciler when due, so no long ETA sits in the broker.
 TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)
