@@ -15,10 +15,11 @@ from django.utils.html import format_html
 from django.utils.timezone import localtime, now
 
 from executions import console
-from executions.lifecycle import RetryRefused, retry_run, run_again
+from executions.lifecycle import RetryRefused, rerun_exhausted, retry_run, run_again
 from executions.models import InvalidTransition, Status, TaskExecution
 from taskhub.admin import STATUS_COLOURS, ago, can_run, status_badge
 from taskhub.admin_lookups import OfferedFiltersOnly
+from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import Task, TaskDisabled
 
 VIEW_EXECUTION = "executions.view_taskexecution"
@@ -153,7 +154,7 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         "worker_short",
     )
     list_display_links = ("id",)
-    list_filter = ("status", "trigger", "task", "task__queue")
+    list_filter = ("status", "trigger", "exhausted", "task", "task__queue")
     extra_lookups = ("task__id__exact",)  # the task page's "history" link
     list_select_related = ("task", "triggered_by")
     search_fields = ("=run_id", "=celery_task_id", "task__name")
@@ -164,7 +165,7 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     # No COUNT(*) over the whole table on every page: history grows to millions.
     show_full_result_count = False
     paginator = CappedCountPaginator
-    actions = ("cancel", "retry", "run_again")
+    actions = ("cancel", "retry", "run_again", "rerun_exhausted")
     change_form_template = "admin/executions/taskexecution/change_form.html"
     change_list_template = "admin/executions/taskexecution/change_list.html"
     fieldsets = (
@@ -427,7 +428,7 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         execution = self._execution_or_404(request, object_id)
         try:
             new = run_again(execution, user=request.user)
-        except (TaskDisabled, ValueError) as exc:
+        except (TaskDisabled, ActiveRunLimitReached, ValueError) as exc:
             self.message_user(request, f"Not started: {exc}", messages.WARNING)
             return HttpResponseRedirect(reverse("admin:executions_taskexecution_change", args=[execution.pk]))
         self.message_user(request, f"Started a new run of {execution.task.name}.", messages.SUCCESS)
@@ -475,9 +476,18 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
             try:
                 run_again(execution, user=request.user)
                 done += 1
-            except (TaskDisabled, ValueError) as exc:
+            except (TaskDisabled, ActiveRunLimitReached, ValueError) as exc:
                 refused.append(f"#{execution.pk}: {exc}")
         if done:
             self.message_user(request, f"Started {done} new run(s).", messages.SUCCESS)
         if refused:
             self.message_user(request, "Not started: " + "; ".join(refused), messages.WARNING)
+
+    @admin.action(description="Run exhausted runs again (a new run of each)", permissions=["run"])
+    def rerun_exhausted(self, request: HttpRequest, queryset: QuerySet[TaskExecution]) -> None:
+        result = rerun_exhausted(queryset.select_related("task"), user=request.user)
+        if result.started:
+            self.message_user(request, f"Started {len(result.started)} new run(s).", messages.SUCCESS)
+        if result.refused:
+            refused = "; ".join(f"#{execution.pk}: {why}" for execution, why in result.refused)
+            self.message_user(request, f"Not started: {refused}", messages.WARNING)

@@ -388,3 +388,43 @@ def test_a_member_of_the_operator_group_can_run_and_a_viewer_cannot(client, make
 )
 def test_output_is_escaped_and_ansi_colours_become_classes(text, html):
     assert console.output_html(text) == html
+
+
+# -- exhausted runs ---------------------------------------------------------------------------------------------------
+
+
+def test_the_exhausted_runs_page_lists_them_and_runs_them_again_in_bulk(as_operator, operator, make_task):
+    task = make_task(retry_count=1)
+    exhausted = finished_execution(task, Status.FAILED, attempt=2, exhausted=True)
+    plain = finished_execution(task, Status.FAILED)
+    url = reverse("admin:executions_taskexecution_changelist")
+    assert [e.pk for e in as_operator.get(url, {"exhausted__exact": "1"}).context["cl"].result_list] == [exhausted.pk]
+
+    response = as_operator.post(
+        url, {"action": "rerun_exhausted", "_selected_action": [exhausted.pk, plain.pk]}, follow=True
+    )
+
+    new = TaskExecution.objects.exclude(pk__in=[exhausted.pk, plain.pk]).get()
+    assert (new.attempt, new.triggered_by, new.status) == (1, operator, Status.PENDING)
+    assert f"#{plain.pk}: not an exhausted run" in response.content.decode()
+
+
+# -- on both stacks: PostgreSQL's SQL and the portable fallback agree ---------------------------------------------------
+
+
+@pytest.mark.usefixtures("both_stacks")
+def test_task_stats_and_the_dashboard_agree_on_both_databases(make_task):
+    task = make_task()
+    for seconds, status in [(1, Status.SUCCEEDED), (2, Status.SUCCEEDED), (3, Status.FAILED), (10, Status.SUCCEEDED)]:
+        finished_execution(task, status, seconds=seconds)
+    TaskExecution.objects.create(task=task, status=Status.CANCELLED)  # not rated
+
+    stats = console.task_stats([task.pk], at=now())[task.pk]
+    board = console.dashboard(at=now())
+
+    assert (stats.rated, stats.succeeded, stats.p50) == (4, 3, pytest.approx(2.5, abs=0.01))
+    assert len(stats.recent) == 5 and stats.last_outcome.status == Status.CANCELLED
+    name, _, p50, p95, n = board.durations[0]
+    assert (name, n) == (task.name, 4)
+    assert p50 == pytest.approx(2.5, abs=0.01) and p95 == pytest.approx(8.95, abs=0.01)
+    assert sum(sum(counts.values()) for _, counts in board.per_hour) == 5
