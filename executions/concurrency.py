@@ -96,7 +96,9 @@ def claim_limited(row: TaskExecution, *, worker: str, celery_task_id: str, due_b
             return TaskExecution.claim(
                 row.pk, worker=worker, celery_task_id=celery_task_id, due_by=due_by, limited=True
             )
-        if task.overlap_policy == OverlapPolicy.SKIP:
+        # The policy is about new runs: a later attempt of a run under way waits its turn.
+        policy = task.overlap_policy if row.attempt == 1 else OverlapPolicy.QUEUE
+        if policy == OverlapPolicy.SKIP:
             row.task = task
             row.transition(
                 Status.SKIPPED,
@@ -105,7 +107,7 @@ def claim_limited(row: TaskExecution, *, worker: str, celery_task_id: str, due_b
                 decided_by="overlap_policy skip: the task was at its max_concurrency when this execution was due",
             )
             return None
-        if task.overlap_policy == OverlapPolicy.REPLACE:
+        if policy == OverlapPolicy.REPLACE:
             replace_running(task, running, at=at)
         # Waits its turn: the end of a running attempt sends it again.
         TaskExecution.objects.filter(pk=row.pk, status=Status.PENDING).update(enqueued_at=at)

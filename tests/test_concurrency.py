@@ -201,3 +201,14 @@ def test_a_claim_with_a_free_slot_runs_and_a_skipped_one_says_why(make_task):
     assert first.status == Status.SUCCEEDED
     assert second.status == Status.SKIPPED and second.started_at is None
     assert "its max_concurrency (1), and its overlap_policy is skip" in second.error
+
+
+def test_a_retry_of_a_skip_task_at_its_limit_waits_instead_of_being_skipped(make_task):
+    task = make_task(command="true", max_concurrency=1, overlap_policy=OverlapPolicy.SKIP)
+    TaskExecution.objects.create(task=task, status=Status.RUNNING)
+    retry = TaskExecution.objects.create(task=task, status=Status.PENDING, attempt=2)
+
+    assert execute(retry.pk, worker="w1", celery_task_id="c1") is None
+
+    retry.refresh_from_db()
+    assert retry.status == Status.PENDING
