@@ -26,7 +26,7 @@ from bench.harness import configure_environment
 from testsupport import prepare_var_dir
 from testsupport.databases import drop_database
 
-ALL = ("throughput", "latency", "deadline", "retry", "concurrency", "output", "history")
+ALL = ("throughput", "latency", "deadline", "retry", "concurrency", "output", "history", "schedules")
 
 
 def machine() -> dict[str, object]:

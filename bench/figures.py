@@ -808,3 +808,12 @@ def history():
     from bench import history as hist
 
     return hist.run(scaled(1_000_000, 10_000))
+
+
+# -- 8. schedules (bench/schedules.py) ----------------------------------------------------------------------
+
+
+def schedules():
+    from bench.schedules import schedules as figure
+
+    return figure()

@@ -26,6 +26,7 @@ from executions.models import Status, TaskExecution, Trigger
 from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import TIMEOUT_MAX, Task, TaskDisabled, validate_env
+from taskhub.schedule_admin import ScheduleInline
 from taskhub.services import launch
 
 # The console's lists are wide: the page's width goes to them, not to a menu the breadcrumbs already give.
@@ -334,7 +335,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     search_fields = ("name", "command", "description")
     list_per_page = 50
     actions = ("run_now", "enable", "disable", "duplicate", "delete_selected")
-    inlines = (RecentExecutionInline,)
+    inlines = (ScheduleInline, RecentExecutionInline)
     form = TaskForm
     formfield_overrides = {models.JSONField: {"form_class": EnvField}}
     readonly_fields = ("created_at", "updated_at", "retry_policy")

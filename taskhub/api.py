@@ -15,19 +15,22 @@ from executions.models import Trigger
 from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import Task, TaskDisabled
 from taskhub.permissions import CanRunVisibleTask, ModelPermissions, can_see_executions, can_see_secrets
+from taskhub.schedule_api import SchedulesField, SchedulesMixin
 from taskhub.services import launch
 
 # Longest command line the API accepts, characters.
 COMMAND_MAX_CHARS = 65536
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
+    schedules = SchedulesField(required=False)
+
     class Meta:
         model = Task
         fields = [
             "id", "name", "description", "command", "shell", "env", "working_dir", "timeout", "kill_grace",
             "retry_count", "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority",
-            "enabled", "created_at", "updated_at",
+            "enabled", "created_at", "updated_at", "schedules",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
         # Refused by length before validate() splits the command (shlex is slow on long words).
@@ -35,7 +38,7 @@ class TaskSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs: dict) -> dict:
         # The model's own clean() (command splitting, working directory) applies here as in the admin.
-        instance = Task(**{**self._current_values(), **attrs})
+        instance = Task(**{**self._current_values(), **{k: v for k, v in attrs.items() if k != "schedules"}})
         try:
             instance.clean()
         except DjangoValidationError as exc:
@@ -45,7 +48,8 @@ class TaskSerializer(serializers.ModelSerializer):
     def _current_values(self) -> dict:
         if self.instance is None:
             return {}
-        return {f: getattr(self.instance, f) for f in self.Meta.fields if f not in ("id", "created_at", "updated_at")}
+        skip = ("id", "created_at", "updated_at", "schedules")
+        return {f: getattr(self.instance, f) for f in self.Meta.fields if f not in skip}
 
     def to_representation(self, instance: Task) -> dict:
         data = super().to_representation(instance)
@@ -56,7 +60,7 @@ class TaskSerializer(serializers.ModelSerializer):
 
 
 class TaskViewSet(viewsets.ModelViewSet):
-    queryset = Task.objects.all().order_by("name")
+    queryset = Task.objects.all().order_by("name").prefetch_related("schedules__periodic_task")
     serializer_class = TaskSerializer
     permission_classes = [permissions.IsAuthenticated, ModelPermissions]
     filterset_fields = ["enabled", "queue", "name"]

@@ -7,4 +7,7 @@ class TaskhubConfig(AppConfig):
 
     def ready(self) -> None:
         from config import checks as config_checks  # noqa: F401  (secret key, the embedded default's files)
-        from taskhub import checks  # noqa: F401  (registers the system checks)
+        from taskhub import (
+            checks,  # noqa: F401  (registers the system checks)
+            schedules,  # noqa: F401  (keeps the beat rows of schedules in step with their task)
+        )

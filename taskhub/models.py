@@ -365,3 +365,52 @@ def _splittable(command: str) -> bool:
 def _split(command: str) -> tuple[str, ...]:
     # Every attempt splits its task's command line; most tasks run again and again.
     return tuple(shlex.split(command))
+
+
+# -- schedules ------------------------------------------------------------------------------
+# A task's schedules: the human form (taskhub.schedules parses, describes and
+# syncs it) and the django-celery-beat row beat reads, which TaskHub owns.
+
+
+class ScheduleKind(models.TextChoices):
+    CRON = "cron", "Cron expression"
+    EVERY = "every", "Every (interval)"
+    AT = "at", "Once at a time"
+
+
+class Misfire(models.TextChoices):
+    RUN_ONCE = "run_once", "Run once for all missed fires"
+    SKIP = "skip", "Skip missed fires"
+
+
+class Schedule(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="schedules")
+    kind = models.CharField(max_length=8, choices=ScheduleKind.choices)
+    expression = models.CharField(
+        max_length=200,
+        help_text='A cron expression ("30 2 * * *"), an interval ("90s", "5m", "1h30m") or an ISO 8601 time.',
+    )
+    timezone = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="IANA time zone a cron expression is read in (e.g. Europe/Berlin); empty means TIME_ZONE.",
+    )
+    misfire = models.CharField(
+        max_length=8,
+        choices=Misfire.choices,
+        default=Misfire.RUN_ONCE,
+        help_text="What happens to fires missed while beat was down: one launch for all of them, or none.",
+    )
+    enabled = models.BooleanField(default=True, help_text="A disabled schedule does not fire.")
+    # The row celery beat reads; deleted with the schedule (taskhub.schedules).
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.CASCADE, related_name="taskhub_schedule"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.expression}"
