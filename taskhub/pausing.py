@@ -5,6 +5,7 @@ from __future__ import annotations
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
 
 from taskhub.models import Task
+from taskhub.schedules import sync_enabled
 
 LAUNCH_SCHEDULED = "taskhub.launch_scheduled"
 
@@ -18,8 +19,10 @@ def pause_schedules(task: Task, reason: str) -> int:
     """
     Task.objects.filter(pk=task.pk).update(paused_reason=reason)
     task.paused_reason = reason
-    # kwargs is JSON text; the pattern allows any spacing around the one key.
-    disabled = PeriodicTask.objects.filter(
+    # The task's own schedules (taskhub.Schedule) follow paused_reason as the schedules module keeps them.
+    disabled = sync_enabled([task.pk])
+    # Beat rows made by hand for the task: kwargs is JSON text; the pattern allows any spacing around the one key.
+    disabled += PeriodicTask.objects.filter(
         task=LAUNCH_SCHEDULED, enabled=True, kwargs__regex=rf'^\s*\{{\s*"task_id"\s*:\s*{int(task.pk)}\s*\}}\s*$'
     ).update(enabled=False)
     if disabled:

@@ -10,6 +10,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from executions.lifecycle import execute, rerun_exhausted
 from executions.models import Status, TaskExecution, Trigger
 from taskhub.pausing import pause_schedules
+from taskhub.schedules import parse_schedule, replace_schedules
 from taskhub.services import launch
 from tests.conftest import finished, wait_for
 
@@ -142,3 +143,19 @@ def test_bulk_rerun_starts_new_runs_of_exhausted_ones_on_a_real_worker(worker, m
         new = finished(new, timeout=60)
         assert new.run_id != old.run_id and new.attempt == 1
         assert (new.trigger, new.triggered_by_id, new.status) == (Trigger.API, operator.pk, Status.SUCCEEDED)
+
+
+def test_pausing_disables_the_tasks_own_schedules_and_a_later_save_keeps_them_off(make_task):
+    task = make_task()
+    (schedule,) = replace_schedules(task, [parse_schedule({"every": "90s"})])
+    assert schedule.periodic_task.enabled
+
+    pause_schedules(task, "paused by a test")
+
+    schedule.periodic_task.refresh_from_db()
+    assert not schedule.periodic_task.enabled
+    task.refresh_from_db()
+    task.description = "edited while paused"
+    task.save()
+    schedule.periodic_task.refresh_from_db()
+    assert task.paused_reason == "paused by a test" and not schedule.periodic_task.enabled
