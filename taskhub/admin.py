@@ -375,10 +375,13 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         return TaskChangeList
 
     def get_list_display(self, request: HttpRequest):
-        hidden = set()
+        shown = list(super().get_list_display(request))
         if not can_run(request):
-            hidden.add("run_button")
-        return [name for name in super().get_list_display(request) if name not in hidden]
+            shown.remove("run_button")
+        if not self.has_change_permission(request):
+            # A button that answers 403 is no use: show the state only.
+            shown[shown.index("enabled_toggle")] = "enabled"
+        return shown
 
     def get_urls(self):
         own = [
@@ -494,8 +497,13 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
             raise PermissionDenied("Running a task needs the “Can run tasks” and “Can view task” permissions.")
         task = self._task_or_404(request, object_id)
         form = RunOverridesForm(request.POST if request.method == "POST" else None)
+        may_override = self.has_change_permission(request, task)
         if request.method == "POST" and form.is_valid():
-            execution = launch_by_hand(request, task, overrides=form.overrides(task))
+            overrides = form.overrides(task)
+            if overrides and not may_override:
+                # An extra variable (LD_PRELOAD, PATH) changes what runs as much as an edit of the task does.
+                raise PermissionDenied("Overriding the environment or timeout of a run needs “Can change task”.")
+            execution = launch_by_hand(request, task, overrides=overrides)
             if execution is None or request.POST.get("then") == "list":
                 if execution is not None:
                     self._started_message(request, task, execution)
@@ -511,6 +519,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
             "original": task,
             "timeout": task.timeout,
             "env_names": ", ".join(sorted(task.env)) or "none",
+            "may_override": may_override,
         }
         return TemplateResponse(request, "admin/taskhub/task/run.html", context)
 
@@ -532,6 +541,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         context["can_run"] = obj is not None and can_run(request)
+        context["can_override"] = context["can_run"] and self.has_change_permission(request, obj)
         return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
 
     # -- the form

@@ -109,6 +109,28 @@ def test_a_one_off_override_of_env_and_timeout_is_recorded_on_the_execution(as_o
     assert task.env == {"KEEP": "1", "LEVEL": "info"} and task.timeout == 600  # the task itself is unchanged
 
 
+def test_overriding_env_or_timeout_needs_the_change_permission(client, make_task):
+    runner = User.objects.create_user("rita", password="pw", is_staff=True)
+    runner.user_permissions.set(Permission.objects.filter(codename__in=["run_task", "view_task"]))
+    client.force_login(runner)
+    task = make_task()
+    url = reverse("admin:taskhub_task_run", args=[task.pk])
+    assert "Run with overrides" not in client.get(reverse("admin:taskhub_task_change", args=[task.pk])).content.decode()
+
+    assert client.post(url, {"env": '{"LD_PRELOAD": "/tmp/evil.so"}'}).status_code == 403
+    assert client.post(url, {"timeout": "5"}).status_code == 403
+    assert not TaskExecution.objects.exists()
+
+    assert client.post(url).status_code == 302  # running it as it is stays allowed
+    assert TaskExecution.objects.get().env == {}
+
+
+def test_a_viewer_sees_whether_a_task_is_enabled_without_a_toggle(as_viewer, make_task):
+    make_task()
+    body = as_viewer.get(reverse("admin:taskhub_task_changelist")).content.decode()
+    assert "th-toggle" not in body and "icon-yes.svg" in body
+
+
 @pytest.mark.parametrize(
     ("form", "message"),
     [

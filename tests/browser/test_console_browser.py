@@ -134,6 +134,12 @@ def test_the_task_list_run_page_and_dashboard_render_with_data(page, operator, m
     expect(row.locator(".th-run")).to_have_count(1)
     screenshot("task-list")
 
+    page.goto("/admin/executions/taskexecution/")
+    expect(page.locator("#result_list")).to_contain_text("2 of 2")  # a task without retries now: never "2 of 1"
+    # The whole list, filters included, fits a 1400-pixel laptop screen: no sideways scrolling.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    screenshot("execution-list")
+
     page.goto(f"/admin/console/runs/{first.run_id}/")
     expect(page.locator("#th-timeline rect")).not_to_have_count(0)
     expect(page.locator("#content-main")).to_contain_text("Attempt 2")
