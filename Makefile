@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 # The test suite runs against PostgreSQL and Redis (override to point elsewhere).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
-# The worker, routing and recovery tests run a second time with RabbitMQ as the broker.
+# The worker and recovery tests run a second time with RabbitMQ as the broker.
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/taskhub_test
-AMQP_TESTS := tests/test_worker.py tests/test_routing.py tests/test_recovery_checks.py tests/test_hand_retry.py tests/test_rabbitmq.py
+AMQP_TESTS := tests/test_worker.py tests/test_recovery_checks.py tests/test_hand_retry.py tests/test_rabbitmq.py
 
 .PHONY: run install chromium test lint bench clean
 

@@ -14,9 +14,11 @@ from django.utils.timezone import now
 
 from executions.models import Status, TaskExecution, Trigger
 from executions.recovery import reconcile_pending
+from executions.tasks import run_execution
 from taskhub.services import launch
 from tests.conftest import finished, wait_for
 from testsupport.brokers import AMQP_SCHEMES, amqp_queues, purge_amqp, queued_run_ids, vhost_of
+from testsupport.rabbitmq import RabbitMQServer
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -90,3 +92,45 @@ def test_a_message_rabbitmq_lost_is_sent_again_once_the_queue_has_drained_and_ru
 
     assert finished(lost).status == Status.SUCCEEDED and lost.stdout == "once\n"
     assert TaskExecution.objects.filter(task=task).count() == 1
+
+
+@pytest.fixture
+def own_rabbitmq(tmp_path):
+    server = RabbitMQServer(tmp_path / "rabbitmq").start()
+    yield server
+    server.stop()
+
+
+def _send_via(broker_url: str, execution: TaskExecution) -> None:
+    app = run_execution.app
+    with app.connection_for_write(broker_url) as conn:
+        run_execution.apply_async(args=[execution.pk], queue="default", producer=app.amqp.Producer(conn))
+
+
+def test_after_a_rabbitmq_restart_workers_reconnect_and_nothing_is_lost_or_run_twice(
+    celery_processes, make_task, own_rabbitmq
+):
+    env = {"CELERY_BROKER_URL": own_rabbitmq.url, "TASKHUB_REQUEUE_AFTER": "3", "TASKHUB_LOST_AFTER": "60"}
+    celery_processes(env=env, purge=False)
+    task = make_task(command="echo ran")
+    long_ago = now() - timedelta(minutes=10)
+
+    def pending(**fields) -> TaskExecution:
+        return TaskExecution.objects.create(task=task, status=Status.PENDING, trigger=Trigger.API, **fields)
+
+    before = pending()
+    _send_via(own_rabbitmq.url, before)
+    assert finished(before).status == Status.SUCCEEDED
+
+    own_rabbitmq.restart()
+    after = [pending() for _ in range(3)]
+    for execution in after:
+        _send_via(own_rabbitmq.url, execution)  # through the restarted broker: the worker has reconnected
+    lost = pending(scheduled_for=long_ago, enqueued_at=long_ago)  # its message went with the old broker
+    rows = [finished(e) for e in after]
+    with run_execution.app.connection_for_write(own_rabbitmq.url) as conn:  # what beat sends every few seconds
+        run_execution.app.send_task("executions.reconcile_pending", queue="default", connection=conn)
+
+    rows.append(finished(lost))
+    assert all(r.status == Status.SUCCEEDED and r.stdout == "ran\n" for r in rows)
+    assert TaskExecution.objects.filter(task=task).count() == 5  # each ran once: no retry, no duplicate row
