@@ -7,9 +7,13 @@ import hmac
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from executions.lifecycle import Outcome
 from executions.models import Status, TaskExecution
 from notifications.models import Channel, Delivery
+from notifications.services import channel_index, outcome_recorded
 from taskhub.services import launch
 from tests.conftest import finished, wait_for
 from testsupport.receivers import SmtpServer, WebhookReceiver
@@ -208,3 +212,19 @@ def test_deliveries_are_listed_in_the_admin_and_cannot_be_edited(admin_client, m
     assert page.status_code == 200 and b"HTTP 410 Gone" in page.content
     assert b'name="_save"' not in page.content  # read-only
     assert admin_client.get("/admin/notifications/delivery/add/").status_code == 403
+
+
+def test_recording_the_outcome_of_a_task_without_channels_costs_no_query(make_task, settings):
+    settings.TASKHUB_NOTIFY_REFRESH = 3600
+    quiet = make_task(command="false")
+    loud = make_task(command="false")
+    channel(loud, webhook_url="http://127.0.0.1:9/hook", on_failure=True)
+    channel_index.refresh_if_stale()  # what a worker does before a Celery task, at most every TASKHUB_NOTIFY_REFRESH
+    failed = TaskExecution.objects.create(task=quiet, status=Status.FAILED, exhausted=True)
+    failed.task = quiet
+
+    with CaptureQueriesContext(connection) as ctx:
+        outcome_recorded(Outcome(execution=failed))
+
+    assert ctx.captured_queries == []
+    assert channel_index.get(quiet.pk) is None and channel_index.get(loud.pk).failure
