@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from our static files (no CDN)
     "taskhub",
     "executions",
     "notifications",
@@ -304,6 +305,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     # The schema lists every endpoint and field: for signed-in users only.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # /api/docs/ loads Swagger UI from drf-spectacular-sidecar's static files.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 # Celery: broker (embedded filesystem transport unless CELERY_BROKER_URL is set;

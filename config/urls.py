@@ -1,10 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from config import token_admin
+from config.api_docs import APIDocsView, SchemaView
 from config.health import healthz
 from config.login_throttle import throttled
 from executions.api import ExecutionViewSet
@@ -28,7 +28,8 @@ urlpatterns = [
     path("admin/console/", include("executions.urls")),
     path("admin/", admin.site.urls),
     path("api/", include(router.urls)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", APIDocsView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
 ]

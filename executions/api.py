@@ -11,6 +11,7 @@ from rest_framework import mixins, pagination, permissions, serializers, status,
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 
 from executions.lifecycle import RetryRefused, retry_run, run_again
 from executions.models import InvalidTransition, TaskExecution, Trigger
@@ -23,6 +24,11 @@ from taskhub.permissions import CanActOnVisibleExecution, ModelPermissions, can_
 TAIL_CHARS = 200
 TAIL_SOURCE_CHARS = 4096
 LINE_BREAK = re.compile(r"[\r\n]")
+
+
+def location_of(request: Request, execution: TaskExecution) -> dict[str, str]:
+    """Return the Location header of a 201/202 answer about ``execution``: its detail's URL."""
+    return {"Location": reverse("execution-detail", args=[execution.pk], request=request)}
 
 
 class ExecutionSerializer(serializers.ModelSerializer):
@@ -167,7 +173,11 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
                 status=status.HTTP_409_CONFLICT,
             )
         execution.refresh_from_db()
-        return Response(self.get_serializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            self.get_serializer(execution).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers=location_of(request, execution),
+        )
 
     @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
     @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanActOnVisibleExecution])
@@ -180,7 +190,9 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
             return Response(
                 {"detail": f"Execution {execution.pk} cannot be retried: {exc}."}, status=status.HTTP_409_CONFLICT
             )
-        return Response(self.get_serializer(new).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            self.get_serializer(new).data, status=status.HTTP_202_ACCEPTED, headers=location_of(request, new)
+        )
 
     @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
     @action(
@@ -199,4 +211,6 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
                 {"detail": f"Execution {execution.pk}'s task cannot run again: {exc}"},
                 status=status.HTTP_409_CONFLICT,
             )
-        return Response(self.get_serializer(new).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            self.get_serializer(new).data, status=status.HTTP_202_ACCEPTED, headers=location_of(request, new)
+        )

@@ -9,8 +9,9 @@ from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 
-from executions.api import ExecutionReceiptSerializer, ExecutionSerializer
+from executions.api import ExecutionReceiptSerializer, ExecutionSerializer, location_of
 from executions.models import Trigger
 from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import Task, TaskDisabled
@@ -65,6 +66,10 @@ class TaskViewSet(viewsets.ModelViewSet):
     permission_classes = [permissions.IsAuthenticated, ModelPermissions]
     filterset_fields = ["enabled", "queue", "name"]
 
+    def get_success_headers(self, data: dict) -> dict[str, str]:
+        # A 201 says where the new task is.
+        return {"Location": reverse("task-detail", args=[data["id"]], request=self.request)}
+
     def destroy(self, request: Request, *args: object, **kwargs: object) -> Response:
         """Delete a task, refused (409) exactly when the admin refuses it (Task.deletion_blocker)."""
         task = self.get_object()
@@ -102,4 +107,8 @@ class TaskViewSet(viewsets.ModelViewSet):
             return Response({"detail": str(exc)}, status=status.HTTP_429_TOO_MANY_REQUESTS)
         # The answer says no more than the user may see.
         serializer_class = ExecutionSerializer if can_see_executions(request) else ExecutionReceiptSerializer
-        return Response(serializer_class(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            serializer_class(execution, context={"request": request}).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers=location_of(request, execution),
+        )
