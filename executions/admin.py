@@ -1,18 +1,20 @@
 from __future__ import annotations
 
+import calendar
 import shlex
 import signal
 import uuid
+from datetime import date
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import Max, Min, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
-from django.utils.timezone import localtime, now
+from django.utils.timezone import localdate, localtime, now
 
 from executions import console
 from executions.lifecycle import RetryRefused, rerun_exhausted, retry_run, run_again
@@ -121,6 +123,56 @@ def live_state(execution: TaskExecution, at=None) -> dict[str, object]:
         "cancellable": execution.status in (Status.PENDING, Status.RUNNING) and not execution.cancel_requested_at,
         "fields": live_fields(execution),
     }
+
+
+def date_links(request: HttpRequest, field: str) -> dict[str, object]:
+    """Links of a date hierarchy (years, months, days) worked out from the calendar, not from the rows.
+
+    Django's own asks the database for every distinct year, month or day
+    among the rows shown, a scan of a month of history on each page load;
+    these need the table's first and last dates only (two index probes).
+    """
+    params = request.GET.copy()
+    parts = {}
+    for part in ("year", "month", "day"):
+        raw = params.pop(f"{field}__{part}", [None])[-1]
+        if raw is not None and raw.isdigit():
+            parts[part] = int(raw)
+    params.pop("p", None)
+
+    def link(**chosen: int) -> str:
+        query = params.copy()
+        for part, value in chosen.items():
+            query[f"{field}__{part}"] = str(value)
+        return "?" + query.urlencode()
+
+    today = localdate()
+    year, month, day = parts.get("year"), parts.get("month"), parts.get("day")
+    if year and month and day:
+        return {"back": {"link": link(year=year, month=month), "title": f"{calendar.month_name[month]} {year}"}}
+    if year and month and 1 <= month <= 12:
+        last = calendar.monthrange(year, month)[1]
+        days = [d for d in range(1, last + 1) if date(year, month, d) <= today]
+        return {
+            "back": {"link": link(year=year), "title": str(year)},
+            "choices": [
+                {"link": link(year=year, month=month, day=d), "title": f"{calendar.month_abbr[month]} {d}"}
+                for d in days
+            ],
+        }
+    if year:
+        months = [m for m in range(1, 13) if (year, m) <= (today.year, today.month)]
+        return {
+            "back": {"link": link(), "title": "All dates"},
+            "choices": [
+                {"link": link(year=year, month=m), "title": f"{calendar.month_name[m]} {year}"} for m in months
+            ],
+        }
+    bounds = TaskExecution.objects.aggregate(first=Min(field), last=Max(field))
+    if bounds["first"] is None:
+        return {}
+    first, last = localtime(bounds["first"]).year, localtime(bounds["last"]).year
+    return {"choices": [{"link": link(year=y), "title": str(y)} for y in range(first, last + 1)]}
 
 
 class CappedCountPaginator(Paginator):
@@ -374,7 +426,11 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         # Plain words: the admin's boolean icon shows a red cross for "nothing was cut", which reads as an error.
         return "yes, cut (a marker in the output says where and how much)" if obj.output_truncated else "no"
 
-    # -- the page
+    # -- the pages
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        extra_context = {**(extra_context or {}), "date_links": date_links(request, self.date_hierarchy)}
+        return super().changelist_view(request, extra_context)
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         execution = self.get_object(request, object_id)

@@ -23,6 +23,7 @@ from django.utils.timezone import now
 import taskhub.celery_admin  # noqa: F401  (replaces django-celery-beat's and -results' admins)
 from executions import console
 from executions.models import Status, TaskExecution, Trigger
+from taskhub import schedules
 from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import TIMEOUT_MAX, Task, TaskDisabled, validate_env
@@ -167,17 +168,6 @@ class RecentExecutionInline(admin.TabularInline):
 # -- the task list's columns -------------------------------------------------------------------
 
 
-def _schedules_module():
-    """The scheduling module's describe/next_fire_time, or None until it exists."""
-    try:
-        from taskhub import schedules
-    except ImportError:
-        return None
-    if hasattr(schedules, "describe") and hasattr(schedules, "next_fire_time"):
-        return schedules
-    return None
-
-
 def schedules_by_task(task_ids: list[int]) -> dict[int, list]:
     """The beat schedules that launch each task (kwargs {"task_id": N}): one query for the page."""
     from django_celery_beat.models import PeriodicTask
@@ -206,10 +196,10 @@ class TaskChangeList(ChangeList):
         ids = [task.pk for task in self.result_list]
         at = now()
         stats = console.task_stats(ids, at=at)
-        schedules = schedules_by_task(ids)
+        by_task = schedules_by_task(ids)
         for task in self.result_list:
             task.console_stats = stats.get(task.pk, console.TaskStats())
-            task.console_schedules = schedules.get(task.pk, [])
+            task.console_schedules = by_task.get(task.pk, [])
             task.console_at = at
 
 
@@ -399,17 +389,15 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     @admin.display(description="Schedule · next")
     def schedule_display(self, obj: Task):
         rows = getattr(obj, "console_schedules", [])
-        schedules = _schedules_module()
         if not rows:
             return "—"
-        if schedules is None:
-            return f"{len(rows)} schedule{'s' if len(rows) != 1 else ''}"
         parts = []
         for row in rows[:2]:
-            nxt = schedules.next_fire_time(row)
-            parts.append((schedules.describe(row), ago(nxt, getattr(obj, "console_at", None)) if nxt else "—"))
+            nxt = schedules.next_fire_time(row, getattr(obj, "console_at", None))
+            when = ago(nxt, obj.console_at) if nxt else ("paused" if obj.paused_reason else "off")
+            parts.append((schedules.describe(row), when))
         more = f" (+{len(rows) - 2})" if len(rows) > 2 else ""
-        return format_html("{}{}", format_html_join(format_html("<br>"), "{} · next {}", parts), more)
+        return format_html("{}{}", format_html_join(mark_safe("<br>"), "{} · next {}", parts), more)
 
     @admin.display(description="Last outcome")
     def last_outcome(self, obj: Task):

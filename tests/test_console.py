@@ -58,6 +58,22 @@ def test_the_task_list_shows_last_outcome_recent_strip_success_rate_and_median(a
     assert "2.00 s" in body  # p50 of 2, 2, 2, 4
 
 
+def test_the_task_list_says_each_schedule_in_words_with_its_next_fire(as_operator, make_task):
+    from taskhub import schedules
+
+    task = make_task(name="every-five")
+    schedules.create_schedule(task, schedules.parse_schedule({"every": "5m"}))
+    off = make_task(name="switched-off")
+    schedules.create_schedule(off, schedules.parse_schedule({"cron": "30 2 * * *", "timezone": "UTC"}))
+    off.enabled = False
+    off.save()
+
+    body = as_operator.get(reverse("admin:taskhub_task_changelist")).content.decode()
+
+    assert re.search(r"every 5 minutes · next <time [^>]*>in (\d+ s|[1-5] min[^<]*)</time>", body)
+    assert "at 02:30" in body and " · next off" in body
+
+
 def test_the_strip_holds_the_newest_twenty_executions_only(as_operator, make_task):
     task = make_task()
     made = [finished_execution(task).pk for _ in range(25)]
@@ -224,6 +240,20 @@ def test_the_execution_list_says_attempt_n_of_m_who_and_exit_or_signal(as_operat
     assert "2 of 4" in body
     assert "olivia" in body
     assert "sig 9" in body
+
+
+def test_the_execution_lists_date_links_come_from_the_calendar(as_viewer, make_task):
+    finished_execution(make_task())
+    url = reverse("admin:executions_taskexecution_changelist")
+    today = now().date()
+
+    years = as_viewer.get(url).content.decode()
+    days = as_viewer.get(url, {"created_at__year": today.year, "created_at__month": today.month})
+
+    assert f"?created_at__year={today.year}" in years
+    assert f"created_at__day={today.day}" in days.content.decode()
+    assert f"created_at__day={today.day + 1}&" not in days.content.decode()  # no day after today
+    assert len(days.context["cl"].result_list) == 1
 
 
 def test_the_execution_page_explains_an_empty_exit_code(as_operator, make_task):

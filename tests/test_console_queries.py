@@ -12,6 +12,7 @@ from django.utils.timezone import now
 
 from executions.admin import TaskExecutionAdmin
 from executions.models import Status, TaskExecution, Worker
+from taskhub import schedules
 from taskhub.admin import TaskAdmin
 
 pytestmark = pytest.mark.django_db
@@ -32,8 +33,10 @@ def one_page(monkeypatch):
 
 def add_history(make_task, tasks: int, per_task: int = 3) -> None:
     at = now()
-    for _ in range(tasks):
+    for n in range(tasks):
         task = make_task()
+        spec = {"every": "5m"} if n % 2 else {"cron": "30 2 * * *", "timezone": "Europe/Berlin"}
+        schedules.create_schedule(task, schedules.parse_schedule(spec))
         for i, status in zip(range(per_task), [Status.SUCCEEDED, Status.FAILED, Status.RUNNING], strict=False):
             TaskExecution.objects.create(
                 task=task,
