@@ -107,6 +107,11 @@ class TaskForm(forms.ModelForm):
         model = Task
         fields = "__all__"  # noqa: DJ007  (the admin narrows it to its fieldsets)
         error_messages = {"command": {"required": "Enter a command to run."}}
+        # Short lists of numbers: one line each, not a text area.
+        widgets = {
+            name: forms.TextInput(attrs={"size": 24, "placeholder": "[0]" if name == "success_exit_codes" else "[]"})
+            for name in ("success_exit_codes", "retry_exit_codes", "no_retry_exit_codes")
+        } | {"env": forms.Textarea(attrs={"rows": 4, "cols": 60})}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -49,6 +49,7 @@ def test_an_operator_creates_a_task_through_the_form_runs_it_and_watches_it_succ
     task = Task.objects.get(name="greeter")
 
     page.goto(f"/admin/taskhub/task/{task.pk}/change/")
+    screenshot("task-page")
     page.click("#th-run-now")
     page.wait_for_url("**/admin/executions/taskexecution/*/change/")
     page.evaluate("window.thSamePage = true")  # gone if the page reloads
