@@ -24,21 +24,27 @@ CHROMIUM_ARGS = [
     "--headless",
 ]
 SCREENSHOTS = ROOT / "var" / "screenshots"
-# Playwright's sync API runs an event loop in this thread; the tests' own
-# database work (fixtures, assertions) happens between its calls, not inside it.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `apt-get install -y chromium` (as .ci/run does).")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    # Playwright's sync API leaves its event loop set as this thread's running
+    # loop, and Django refuses database work under a running loop; the tests'
+    # own database work happens between Playwright's calls, never inside them.
+    # Module scope: the flag is not left set for the rest of the suite.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            yield chromium
+            chromium.close()
+    finally:
+        mp.undo()
 
 
 @pytest.fixture
