@@ -83,3 +83,20 @@ def test_purge_deletes_only_old_finished_executions(make_task):
     assert "Deleted 1 execution(s)" in done.stdout
     assert set(TaskExecution.objects.values_list("pk", flat=True)) == {old_running.pk, recent.pk}
     assert not TaskExecution.objects.filter(pk=old_done.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_purge_dry_run_counts_what_it_would_delete_by_status_and_deletes_nothing(make_task):
+    task = make_task()
+    old = now() - timedelta(days=40)
+    for status in (Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED, Status.RUNNING):
+        TaskExecution.objects.create(task=task, status=status, created_at=old)
+    TaskExecution.objects.create(task=task, status=Status.FAILED)
+
+    done = manage("purge_executions", "--older-than", "30", "--dry-run")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "Would delete 3 execution(s) older than 30 day(s): failed 1, succeeded 2. Dry run: nothing was deleted."
+    )
+    assert TaskExecution.objects.count() == 5

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Count, QuerySet
 
 from executions.models import TaskExecution
 
@@ -27,7 +28,7 @@ class Command(BaseCommand):
             raise CommandError("--batch must be at least 1.")
         old = TaskExecution.objects.older_than(older_than)
         if dry_run:
-            self.stdout.write(f"Would delete {old.count()} execution(s) older than {older_than:g} day(s).")
+            self._report(old, older_than)
             return
         total = 0
         # Small batches keep locks and transaction size bounded on big tables.
@@ -39,3 +40,14 @@ class Command(BaseCommand):
             total += deleted
             self.stdout.write(f"Deleted {total} so far…")
         self.stdout.write(self.style.SUCCESS(f"Deleted {total} execution(s) older than {older_than:g} day(s)."))
+
+    def _report(self, old: QuerySet, older_than: float) -> None:
+        """Say what a run without --dry-run would delete: how many, by status."""
+        counts = {row["status"]: row["n"] for row in old.order_by().values("status").annotate(n=Count("id"))}
+        total = sum(counts.values())
+        by_status = ", ".join(f"{status} {counts[status]}" for status in sorted(counts))
+        self.stdout.write(
+            f"Would delete {total} execution(s) older than {older_than:g} day(s)"
+            + (f": {by_status}." if by_status else ".")
+            + " Dry run: nothing was deleted."
+        )
