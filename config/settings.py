@@ -376,6 +376,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Leave stdout and stderr as they are: Django's logging writes to stderr, and
+# once Celery had replaced it with a logger of its own, each write came back
+# as a "celery.redirected" record, a character at a time.
+CELERY_WORKER_REDIRECT_STDOUTS = False
 # Keep database connections across tasks (the Django fixup closes them after
 # every task otherwise): a reconnect per execution costs more than the command.
 CELERY_DB_REUSE_MAX = 1000
