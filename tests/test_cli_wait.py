@@ -6,6 +6,7 @@ workers run the tasks.
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import threading
 
 import pytest
+from django.core.management import call_command
 
 from executions.models import Status, TaskExecution
 from executions.runner import OutputBuffer
@@ -224,3 +226,14 @@ def test_cancel_execution_exits_0_when_it_took_1_when_already_finished_2_when_un
     assert too_late.returncode == 1
     assert f"Execution {finished.pk} ('queued', attempt 1) has already finished: it is succeeded." in too_late.stderr
     assert (unknown.returncode, unknown.stderr.strip()) == (2, "CommandError: There is no execution 999999.")
+
+
+@pytest.mark.django_db
+def test_run_task_json_without_wait_prints_the_pending_execution(make_task):
+    make_task(name="later")
+    out = io.StringIO()
+
+    call_command("run_task", "later", "--json", stdout=out)
+
+    record = json.loads(out.getvalue())
+    assert (record["id"], record["status"], record["trigger"]) == (TaskExecution.objects.get().pk, "pending", "cli")
