@@ -35,6 +35,6 @@ class APIDocsView(SpectacularSwaggerSplitView):
 
     def handle_exception(self, exc: Exception) -> HttpResponse:
         if isinstance(exc, NotAuthenticated | AuthenticationFailed) and "HTTP_AUTHORIZATION" not in self.request.META:
-            # A browser without a session: the admin's login brings it back here.
+            # A browser that is not signed in: the admin's login brings it back here.
             return redirect_to_login(self.request.get_full_path(), reverse("admin:login"))
         return super().handle_exception(exc)
