@@ -104,6 +104,20 @@ def outsider(db) -> User:
 
 
 @pytest.fixture
+def as_operator(client, operator):
+    """The test client, signed in as the operator."""
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def as_viewer(client, viewer):
+    """The test client, signed in as the viewer."""
+    client.force_login(viewer)
+    return client
+
+
+@pytest.fixture
 def make_task(db) -> Callable[..., Task]:
     counter = iter(range(1, 10_000))
 

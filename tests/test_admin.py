@@ -11,18 +11,6 @@ from taskhub.models import Task
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def as_operator(client, operator):
-    client.force_login(operator)
-    return client
-
-
-@pytest.fixture
-def as_viewer(client, viewer):
-    client.force_login(viewer)
-    return client
-
-
 def test_the_task_list_and_page_show_the_task(as_operator, make_task):
     task = make_task(name="nightly-backup", command="backup --all")
     listing = as_operator.get(reverse("admin:taskhub_task_changelist"))

@@ -14,6 +14,7 @@ from kombu import Connection, Exchange, Queue
 from celery_ext.broker import Transport
 from config.celery import app
 from tests.conftest import wait_for
+from tests.test_broker import drain
 
 pytestmark = pytest.mark.skipif(
     settings.BROKER_SCHEME != "redis", reason="TaskHub's transport serves redis:// brokers only"
@@ -162,20 +163,6 @@ def test_kombus_own_producer_copies_the_entity_for_every_message():
         publish_declaring(kombu.Producer(conn), queue, 5)
         assert Stock.binds >= 5
         conn.default_channel.queue_purge(queue.name)
-
-
-@pytest.mark.django_db(transaction=True)
-def drain(queue: str) -> list[dict]:
-    """Take every message off ``queue`` (through the app's connection: its priority steps); return their headers."""
-    headers = []
-    with app.connection_for_read() as conn, conn.SimpleQueue(queue) as sq:
-        while True:
-            try:
-                message = sq.get(timeout=1)
-            except sq.Empty:
-                return headers
-            headers.append(message.headers)
-            message.ack()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -20,6 +20,7 @@ from executions.models import Status, TaskExecution
 from executions.runner import OutputBuffer
 from taskhub.management.commands.run_task import StreamFollower, exit_status
 from tests.conftest import ROOT, subprocess_env, wait_for
+from tests.test_cli import manage
 
 # -- exit statuses and output following, without processes ------------------------------------------------
 
@@ -75,17 +76,6 @@ def test_the_follower_says_how_much_the_runner_cut_and_goes_on_with_the_end():
 
 
 # -- real processes ---------------------------------------------------------------------------------------
-
-
-def manage(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 class Running:

@@ -20,18 +20,6 @@ from taskhub.models import Task
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def as_operator(client, operator):
-    client.force_login(operator)
-    return client
-
-
-@pytest.fixture
-def as_viewer(client, viewer):
-    client.force_login(viewer)
-    return client
-
-
 def finished_execution(task: Task, status: str = Status.SUCCEEDED, seconds: float = 2.0, **fields) -> TaskExecution:
     at = now()
     fields.setdefault("started_at", at - timedelta(seconds=seconds))
