@@ -16,15 +16,16 @@ due and what its message carries:
   comparing every entry with its copy on every tick, asking the database for
   changes on every tick, and saving each entry with two queries when it
   syncs. Here the heap is rebuilt only when the schedule was reloaded,
-  changes are checked at most every CHANGES_EVERY seconds, and a sync is a
-  few UPDATE statements that never move ``last_run_at`` back (an edit sets
-  it to now; a sync must not undo that).
+  changes are checked once a tick (and once a CHANGES_EVERY while fires
+  follow each other), and a sync is one batch of WRITE_LAST_RUN that never
+  moves ``last_run_at`` back (an edit sets it to now; a sync must not undo
+  that).
 
-Non-public names of django-celery-beat used here, each guarded by a test in
-tests/test_schedules_beat.py: ``_last_full_sync`` (its record of the last
-full read), ``_schedule``, ``_dirty`` (names of entries to write),
-``_heap_invalidated`` (set when it reloads), and of celery's Scheduler
-``_heap``.
+Non-public names of django-celery-beat used here, each guarded by a test:
+``_last_full_sync`` (its record of the last full read;
+tests/test_recovery_checks.py), and ``_schedule`` (the entries by name),
+``_dirty`` (names of entries to write) and ``_heap_invalidated`` (set when it
+reloads), guarded in tests/test_schedules_beat.py.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ from collections import Counter
 from celery import schedules as celery_schedules
 from celery.utils.time import maybe_make_aware
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
-from django.db.models import Case, DateTimeField, F, PositiveIntegerField, Q, Value, When
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.utils.timezone import now
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import SCHEDULE_SYNC_MAX_INTERVAL, ModelEntry
@@ -58,8 +58,6 @@ RETRY_AFTER = 1.0
 MISFIRE_GRACE = 60.0
 # Seconds between two checks for changed schedules (one query each).
 CHANGES_EVERY = 1.0
-# Rows per UPDATE when writing last_run_at.
-SYNC_BATCH = 500
 BEAT_TASK = "taskhub.launch_scheduled"
 
 
@@ -154,13 +152,13 @@ class DatabaseScheduler(_DatabaseScheduler):
     """
 
     Entry = ScheduleEntry
-    # Seconds between writes of last_run_at (one UPDATE per SYNC_BATCH fired entries).
+    # Seconds between writes of last_run_at (one batch of WRITE_LAST_RUN).
     sync_every = 15
 
     def __init__(self, *args, **kwargs) -> None:
         self._changes_checked_at: float | None = None
         self._checked_this_tick = False
-        self._busy = False
+        self._sent_since_check = 0
         self._heap_of: dict | None = None
         self._fired: Counter[str] = Counter()
         super().__init__(*args, **kwargs)
@@ -168,9 +166,7 @@ class DatabaseScheduler(_DatabaseScheduler):
     def tick(self, *args, **kwargs):
         self._checked_this_tick = False
         try:
-            delay = super().tick(*args, **kwargs)
-            self._busy = not delay or delay < CHANGES_EVERY  # the next fire is due within the second
-            return delay
+            return super().tick(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
             logger.warning("Database unavailable while scheduling (%s); trying again in %gs.", exc, RETRY_AFTER)
             drop_connection()
@@ -197,14 +193,16 @@ class DatabaseScheduler(_DatabaseScheduler):
     def schedule_changed(self) -> bool:
         # django-celery-beat asks at every read of the schedule, several times
         # a tick, and a busy beat ticks for every fire: ask once a tick, and
-        # while fires follow each other within the second, once a CHANGES_EVERY.
+        # once a CHANGES_EVERY while it is sending fires.
         at = time.monotonic()
         if self._checked_this_tick:
             return False
-        if self._busy and self._changes_checked_at is not None and at - self._changes_checked_at < CHANGES_EVERY:
+        recent = self._changes_checked_at is not None and at - self._changes_checked_at < CHANGES_EVERY
+        if self._sent_since_check and recent:
             return False
         self._checked_this_tick = True
         self._changes_checked_at = at
+        self._sent_since_check = 0
         return super().schedule_changed()
 
     def populate_heap(self, *args, **kwargs) -> None:
@@ -222,6 +220,7 @@ class DatabaseScheduler(_DatabaseScheduler):
     def reserve(self, entry: ModelEntry) -> ModelEntry:
         new_entry = super().reserve(entry)
         self._fired[new_entry.name] += 1
+        self._sent_since_check += 1
         return new_entry
 
     def apply_async(self, entry, producer=None, advance=True, **kwargs):
@@ -239,34 +238,31 @@ class DatabaseScheduler(_DatabaseScheduler):
         entries = [self._schedule[name] for name in names if name in self._schedule]
         try:
             close_old_connections()
-            for start in range(0, len(entries), SYNC_BATCH):
-                write_last_runs(entries[start : start + SYNC_BATCH], fired)
+            write_last_runs(entries, fired)
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("Could not write when schedules last fired (%s); trying again later.", exc)
             self._dirty |= names
             self._fired.update(fired)
 
 
-def write_last_runs(entries: list[ModelEntry], fired: Counter[str]) -> int:
-    """Write the entries' last fire times and fire counts in one UPDATE; never move a later last_run_at back."""
-    if not entries:
-        return 0
-    newer = {}
-    counts = {}
+# Write one entry's last fire time and fire count; never move a later last_run_at
+# back (an edit set it to now), nor give a disabled row one (enabling starts from now).
+WRITE_LAST_RUN = (
+    f"UPDATE {PeriodicTask._meta.db_table} SET last_run_at = %s, total_run_count = total_run_count + %s "
+    "WHERE id = %s AND enabled AND (last_run_at IS NULL OR last_run_at < %s)"
+)
+
+
+def write_last_runs(entries: list[ModelEntry], fired: Counter[str]) -> None:
+    """Write the entries' last fire times and fire counts: WRITE_LAST_RUN for each, in one transaction."""
+    rows = []
     for entry in entries:
         model = entry.model
-        if model.last_run_at is None:
-            continue
-        newer[model.pk] = When(
-            Q(pk=model.pk) & (Q(last_run_at__isnull=True) | Q(last_run_at__lt=model.last_run_at)),
-            then=Value(model.last_run_at),
-        )
-        fires = Value(fired.get(entry.name, 0), output_field=PositiveIntegerField())
-        counts[model.pk] = When(pk=model.pk, then=F("total_run_count") + fires)
-    if not newer:
-        return 0
-    # Disabled rows keep no last_run_at (django-celery-beat clears it; enabling starts from now).
-    return PeriodicTask.objects.filter(pk__in=list(newer), enabled=True).update(
-        last_run_at=Case(*newer.values(), default=F("last_run_at"), output_field=DateTimeField()),
-        total_run_count=Case(*counts.values(), default=F("total_run_count"), output_field=PositiveIntegerField()),
-    )
+        if model.last_run_at is not None:
+            at = connection.ops.adapt_datetimefield_value(maybe_make_aware(model.last_run_at))
+            rows.append((at, fired.get(entry.name, 0), model.pk, at))
+    if not rows:
+        return
+    # executemany: one pipelined batch on PostgreSQL, not a round trip per row.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(WRITE_LAST_RUN, rows)

@@ -10,15 +10,18 @@ from celery import shared_task
 from django.db import IntegrityError, transaction
 
 from executions.models import TaskExecution, Trigger
+from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import Task, TaskDisabled
 from taskhub.services import launch
 
 logger = logging.getLogger("taskhub")
 
 
-@shared_task(name="taskhub.launch_scheduled", ignore_result=False)
+# No result: the execution (or the log line saying why there is none) is the record,
+# and a result row would be one more commit for every fire.
+@shared_task(name="taskhub.launch_scheduled", ignore_result=True)
 def launch_scheduled(task_id: int, fire_time: str | None = None, schedule_id: int | None = None) -> int | None:
-    """Launch a task for one fire of its schedule; skip it (and say so) when disabled, gone or already launched.
+    """Launch a task for one fire of its schedule; log why when it launches nothing (disabled, gone, launched, limit).
 
     ``fire_time`` (ISO 8601) is the time the fire was due, sent by TaskHub's
     beat scheduler with the schedule's ``schedule_id`` (its PeriodicTask);
@@ -41,6 +44,10 @@ def launch_scheduled(task_id: int, fire_time: str | None = None, schedule_id: in
             )
     except TaskDisabled:
         logger.info("Schedule fired for disabled task %r; skipped.", task.name)
+        return None
+    except ActiveRunLimitReached as exc:
+        # Counted against the task's owner, who is at their limit: this fire is not launched.
+        logger.warning("Schedule fired for task %r, not launched: %s", task.name, exc)
         return None
     except IntegrityError:
         if fired_at is None or not _launched(schedule_id, fired_at):

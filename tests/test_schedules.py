@@ -312,3 +312,12 @@ def test_a_message_without_a_fire_time_launches_as_before(make_task):
     assert launch_scheduled(task_id=task.pk) is not None
     assert launch_scheduled(task_id=task.pk) is not None
     assert TaskExecution.objects.filter(task=task, fire_time__isnull=True).count() == 2
+
+
+def test_a_fire_over_the_owners_limit_of_active_runs_launches_nothing(make_task, operator, settings):
+    settings.TASKHUB_USER_ACTIVE_RUNS = 1
+    task = make_task(owner=operator)
+    assert launch_scheduled(task_id=task.pk, fire_time="2027-01-01T10:00:00+00:00") is not None
+
+    assert launch_scheduled(task_id=task.pk, fire_time="2027-01-01T10:01:00+00:00") is None
+    assert TaskExecution.objects.filter(task=task).count() == 1
