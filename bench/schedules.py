@@ -133,7 +133,7 @@ def schedules():
         time.sleep(max(0.0, (start - now()).total_seconds()))
         cpu_before, wall_before = _cpu(beat), time.monotonic()
         worker_before = _cpu(worker)
-        with _profiled(beat, var_dir / "profile-beat.txt"):
+        with _profiled(beat, var_dir / "profile-beat.txt"), _profiled(worker, var_dir / "profile-launcher.txt"):
             time.sleep(max(0.0, (end - now()).total_seconds()))
         beat_cpu = (_cpu(beat) - cpu_before) / (time.monotonic() - wall_before)
         worker_cpu = (_cpu(worker) - worker_before) / (time.monotonic() - wall_before)
@@ -183,7 +183,7 @@ def schedules():
 
 @contextlib.contextmanager
 def _profiled(process: CeleryProcess, path: Path):
-    """py-spy sampling beat while the window runs (BENCH_PROFILE=1); yields the path of its report."""
+    """py-spy sampling ``process`` while the window runs (BENCH_PROFILE=1); yields the path of its report."""
     if os.environ.get("BENCH_PROFILE") != "1":
         yield None
         return
@@ -197,7 +197,7 @@ def _profiled(process: CeleryProcess, path: Path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
-        print(f"   beat profile: {path}", flush=True)
+        print(f"   profile: {path}", flush=True)
 
 
 def _drop_sink() -> None:
