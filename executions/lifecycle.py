@@ -32,6 +32,7 @@ from executions.hooks import hooks_for
 from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger
 from executions.runner import CommandSpec, RunResult, build_env, run_command
 from notifications.services import outcome_recorded
+from taskhub import metrics
 from taskhub.limits import ActiveRunLimitReached
 from taskhub.models import TaskDisabled
 from taskhub.pausing import pause_schedules
@@ -150,6 +151,7 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
         execution = _claim_limited_or_explain(execution_id, at, worker=worker, celery_task_id=celery_task_id)
         if execution is None:
             return None
+    metrics.observe_start(execution)
     hooks = None
     try:
         spec = spec_for(execution)

@@ -53,8 +53,7 @@ FINISHED = Counter(
 )
 STARTED = Counter(
     "taskhub_executions_started",
-    "Attempts whose command started, counted when their outcome is recorded "
-    "(add taskhub_executions_running for those still running).",
+    "Attempts claimed by a worker to run, counted at the claim.",
     ["task", "queue"],
 )
 DURATION = Histogram(
@@ -101,6 +100,14 @@ def _labels(execution) -> tuple[str, str]:
     return task.name, task.queue
 
 
+def observe_start(execution) -> None:
+    """Count an attempt a worker has just claimed: no database access."""
+    try:
+        STARTED.labels(*_labels(execution)).inc()
+    except Exception:  # a metric must never fail the run it counts
+        logger.exception("Could not count the start of execution %s.", execution.pk)
+
+
 def observe_outcome(outcome) -> None:
     """Count a recorded outcome (an ``executions.lifecycle.Outcome``): no database access."""
     execution = outcome.execution
@@ -108,7 +115,6 @@ def observe_outcome(outcome) -> None:
     status = str(execution.status)
     FINISHED.labels(name, queue, status).inc()
     if execution.started_at is not None:
-        STARTED.labels(name, queue).inc()
         if execution.finished_at is not None:
             seconds = (execution.finished_at - execution.started_at).total_seconds()
             DURATION.labels(name, queue, status).observe(max(seconds, 0.0))

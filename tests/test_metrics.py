@@ -47,6 +47,19 @@ def run_attempts(run_id, count: int) -> list[TaskExecution]:
     return wait_for(done, timeout=60, what=f"{count} finished attempts of run {run_id}")
 
 
+def test_an_attempt_is_counted_as_started_when_a_worker_claims_it(worker, make_task, client):
+    task = make_task(name=unique("long"), command="sleep 30", kill_grace=1)
+    execution = launch(task)
+    wait_for(lambda: TaskExecution.objects.get(pk=execution.pk).status == Status.RUNNING, what="the claim")
+
+    samples = scrape(client)
+
+    assert value(samples, "taskhub_executions_started_total", task=task.name, queue="default") == 1
+    assert value(samples, "taskhub_executions_finished_total", task=task.name, queue="default", status="running") == 0
+    TaskExecution.objects.get(pk=execution.pk).request_cancel()
+    assert finished(execution).status == Status.CANCELLED
+
+
 def test_finished_attempts_durations_and_retries_are_counted_by_task_queue_and_status(worker, make_task, client):
     good = make_task(name=unique("good"), command="true")
     bad = make_task(name=unique("bad"), command="false", retry_count=1, retry_delay=0)
