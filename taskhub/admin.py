@@ -26,7 +26,7 @@ from executions.models import Status, TaskExecution, Trigger
 from taskhub import schedules
 from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.limits import ActiveRunLimitReached
-from taskhub.models import TIMEOUT_MAX, Task, TaskDisabled, validate_env
+from taskhub.models import TIMEOUT_MAX, Tag, Task, TaskDisabled, validate_env
 from taskhub.schedule_admin import ScheduleInline
 from taskhub.services import launch
 
@@ -326,7 +326,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         "enabled_toggle",
         "run_button",
     )
-    list_filter = ("enabled", "queue", LastOutcomeFilter, "shell")
+    list_filter = ("enabled", "queue", LastOutcomeFilter, "tags", "shell")
     search_fields = ("name", "command", "description")
     list_per_page = 50
     actions = ("run_now", "enable", "disable", "duplicate", "delete_selected")
@@ -337,7 +337,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     change_list_template = "admin/taskhub/task/change_list.html"
     change_form_template = "admin/taskhub/task/change_form.html"
     fieldsets = (
-        (None, {"fields": ("name", "description", "enabled")}),
+        (None, {"fields": ("name", "description", "enabled", "tags")}),
         ("Command", {"fields": ("command", "shell", "env", "working_dir")}),
         ("Limits", {"fields": ("timeout", "kill_grace")}),
         (
@@ -362,6 +362,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
     raw_id_fields = ("owner",)
+    filter_horizontal = ("tags",)
 
     class Media:
         css = {"all": ("taskhub/console.css",)}
@@ -637,3 +638,8 @@ def _free_name(wanted: str, taken: set[str]) -> str:
         name = f"{wanted[:-1]} {n})"
         n += 1
     return name
+
+
+@admin.register(Tag)
+class TagAdmin(OfferedFiltersOnly, admin.ModelAdmin):
+    search_fields = ("name",)

@@ -14,7 +14,7 @@ from rest_framework.reverse import reverse
 from executions.api import ExecutionReceiptSerializer, ExecutionSerializer, location_of
 from executions.models import Trigger
 from taskhub.limits import ActiveRunLimitReached
-from taskhub.models import Task, TaskDisabled
+from taskhub.models import Tag, Task, TaskDisabled
 from taskhub.permissions import CanRunVisibleTask, ModelPermissions, can_see_executions, can_see_secrets
 from taskhub.schedule_api import SchedulesField, SchedulesMixin
 from taskhub.services import launch
@@ -23,15 +23,35 @@ from taskhub.services import launch
 COMMAND_MAX_CHARS = 65536
 
 
+class TagNamesField(serializers.ListField):
+    """A task's tags as a list of names; a name not used before makes a new tag."""
+
+    child = serializers.SlugField(max_length=50)
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("max_length", 50)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value) -> list[str]:
+        return sorted(tag.name for tag in value.all())
+
+
+def _set_tags(task: Task, names: list[str]) -> None:
+    task.tags.set([Tag.objects.get_or_create(name=name)[0] for name in dict.fromkeys(names)])
+
+
 class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
     schedules = SchedulesField(required=False)
+    tags = TagNamesField(required=False, help_text='Labels, e.g. ["nightly", "billing"].')
 
     class Meta:
         model = Task
         fields = [
             "id", "name", "description", "command", "shell", "env", "working_dir", "timeout", "kill_grace",
             "retry_count", "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority",
-            "enabled", "created_at", "updated_at", "schedules",
+            "enabled", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout",
+            "max_concurrency", "overlap_policy", "pause_after_exhausted", "paused_reason", "owner", "tags",
+            "created_at", "updated_at", "schedules",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
         # Refused by length before validate() splits the command (shlex is slow on long words).
@@ -39,17 +59,33 @@ class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
 
     def validate(self, attrs: dict) -> dict:
         # The model's own clean() (command splitting, working directory) applies here as in the admin.
-        instance = Task(**{**self._current_values(), **{k: v for k, v in attrs.items() if k != "schedules"}})
+        instance = Task(
+            **{**self._current_values(), **{k: v for k, v in attrs.items() if k not in ("schedules", "tags")}}
+        )
         try:
             instance.clean()
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None
         return attrs
 
+    def create(self, validated_data: dict) -> Task:
+        names = validated_data.pop("tags", None)
+        task = super().create(validated_data)
+        if names is not None:
+            _set_tags(task, names)
+        return task
+
+    def update(self, instance: Task, validated_data: dict) -> Task:
+        names = validated_data.pop("tags", None)
+        task = super().update(instance, validated_data)
+        if names is not None:
+            _set_tags(task, names)
+        return task
+
     def _current_values(self) -> dict:
         if self.instance is None:
             return {}
-        skip = ("id", "created_at", "updated_at", "schedules")
+        skip = ("id", "created_at", "updated_at", "schedules", "tags")
         return {f: getattr(self.instance, f) for f in self.Meta.fields if f not in skip}
 
     def to_representation(self, instance: Task) -> dict:
@@ -61,10 +97,10 @@ class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
 
 
 class TaskViewSet(viewsets.ModelViewSet):
-    queryset = Task.objects.all().order_by("name").prefetch_related("schedules__periodic_task")
+    queryset = Task.objects.all().order_by("name").prefetch_related("schedules__periodic_task", "tags")
     serializer_class = TaskSerializer
     permission_classes = [permissions.IsAuthenticated, ModelPermissions]
-    filterset_fields = ["enabled", "queue", "name"]
+    filterset_fields = {"enabled": ["exact"], "queue": ["exact"], "name": ["exact"], "tags__name": ["exact"]}
 
     def get_success_headers(self, data: dict) -> dict[str, str]:
         # A 201 says where the new task is.

@@ -149,6 +149,18 @@ class OverlapPolicy(models.TextChoices):
     REPLACE = "replace", "Replace: cancel the running one, then start"
 
 
+class Tag(models.Model):
+    """A label on tasks, for finding and filtering them."""
+
+    name = models.SlugField(max_length=50, unique=True, help_text="Letters, digits, '-' and '_'.")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class TaskDisabled(Exception):
     """Raised when a disabled task is launched."""
 
@@ -273,6 +285,7 @@ class Task(models.Model):
         related_name="+",
         help_text="Scheduled and upstream launches count against this user's limit of active runs.",
     )
+    tags = models.ManyToManyField(Tag, blank=True, related_name="tasks", help_text="Labels to find the task by.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
