@@ -122,7 +122,11 @@ def schedules():
         ready=lambda process: True,
     )
     # Launching is waiting on the database and the broker: threads, not two processes.
-    worker = Worker("bench-schedules", pool="threads", concurrency=LAUNCH_THREADS, env=PROCESS_ENV)
+    # A threads-pool worker borrows its connections from a pool (as the operations doc advises); without
+    # it each launch would open a connection of its own.
+    worker = Worker(
+        "bench-schedules", pool="threads", concurrency=LAUNCH_THREADS, env={**PROCESS_ENV, "TASKHUB_DB_POOL": "1"}
+    )
     with contextlib.ExitStack() as stack:
         stack.enter_context(worker)
         beat.start()
