@@ -8,6 +8,7 @@ from config.api_docs import APIDocsView, SchemaView
 from config.health import healthz
 from config.login_throttle import throttled
 from executions.api import ExecutionViewSet
+from executions.workflow_api import WorkflowRunViewSet
 from taskhub.api import TaskViewSet
 from taskhub.metrics import metrics_view
 
@@ -19,6 +20,7 @@ token_admin.install()
 router = DefaultRouter()
 router.register("tasks", TaskViewSet, basename="task")
 router.register("executions", ExecutionViewSet, basename="execution")
+router.register("workflow-runs", WorkflowRunViewSet, basename="workflowrun")
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),

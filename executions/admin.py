@@ -18,7 +18,7 @@ from django.utils.timezone import localdate, localtime, now
 
 from executions import console
 from executions.lifecycle import RetryRefused, rerun_exhausted, retry_run, run_again
-from executions.models import InvalidTransition, Status, TaskExecution
+from executions.models import InvalidTransition, Status, TaskExecution, WorkflowRun
 from taskhub.admin import STATUS_COLOURS, ago, can_run, status_badge
 from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.limits import ActiveRunLimitReached
@@ -235,6 +235,7 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
                     "live_decided_by",
                     "exhausted_words",
                     "handed_back_words",
+                    "workflow_link",
                 )
             },
         ),
@@ -403,6 +404,21 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
             '<a href="{}">{}</a> (its attempts side by side)', reverse("console:run", args=[obj.run_id]), obj.run_id
         )
 
+    @admin.display(description="Workflow run")
+    def workflow_link(self, obj: TaskExecution):
+        if obj.workflow_run_id is None:
+            return "—"
+        page = reverse("console:workflow", args=[obj.workflow_run_id])
+        if obj.upstream_execution_id is None:
+            return format_html('<a href="{}">{}</a> (this run is its root)', page, obj.workflow_run_id)
+        return format_html(
+            '<a href="{}">{}</a>, launched by the end of <a href="{}">execution #{}</a>',
+            page,
+            obj.workflow_run_id,
+            reverse("admin:executions_taskexecution_change", args=[obj.upstream_execution_id]),
+            obj.upstream_execution_id,
+        )
+
     @admin.display(description="Arguments")
     def argv_display(self, obj: TaskExecution):
         if obj.argv is None:
@@ -547,3 +563,37 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         if result.refused:
             refused = "; ".join(f"#{execution.pk}: {why}" for execution, why in result.refused)
             self.message_user(request, f"Not started: {refused}", messages.WARNING)
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    """The list of workflow runs; each opens its graph (console:workflow)."""
+
+    list_display = ("graph_link", "root_task", "created_at", "cancelled_at")
+    list_filter = ("root_task",)
+    list_select_related = ("root_task",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_view_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
+        return request.user.has_perm(VIEW_EXECUTION)  # a workflow run is a view of executions
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(VIEW_EXECUTION)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
+        return False
+
+    @admin.display(description="Workflow run", ordering="created_at")
+    def graph_link(self, obj: WorkflowRun):
+        return format_html('<a href="{}">{}</a>', reverse("console:workflow", args=[obj.pk]), obj.pk)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        # The graph page is the workflow run's page.
+        return HttpResponseRedirect(reverse("console:workflow", args=[object_id]))

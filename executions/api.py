@@ -43,6 +43,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "output_truncated", "error", "worker", "pid", "celery_task_id", "heartbeat_at", "cancel_requested_at",
             "max_rss_kb", "cpu_user", "cpu_system", "created_at", "handed_back",
             "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
+            "workflow_run", "upstream_execution",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -150,7 +151,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     serializer_class = ExecutionSerializer
     permission_classes = [permissions.IsAuthenticated, ModelPermissions]
     pagination_class = NewestFirst
-    filterset_fields = ["task", "status", "run_id", "trigger"]
+    filterset_fields = ["task", "status", "run_id", "trigger", "workflow_run"]
 
     def get_queryset(self) -> QuerySet:
         queryset = super().get_queryset()

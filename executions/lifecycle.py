@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils.timezone import now
 
-from executions import concurrency, messaging, rules
+from executions import concurrency, messaging, rules, workflows
 from executions.db import drop_connection
 from executions.hooks import hooks_for
 from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger
@@ -287,7 +287,9 @@ def finish(
 
     failure = status in RETRYABLE
     may_follow = handed_back or (retryable and failure)
-    if not may_follow:
+    # A run in a workflow run: its end may launch downstream tasks, and a cancel of the workflow run stops retries.
+    in_workflow = execution.workflow_run_id is not None and (may_follow or task.has_downstream)
+    if not may_follow and not in_workflow:
         # No next attempt can follow (succeeded, cancelled, not retried):
         # the outcome is one conditional UPDATE, no transaction block around it.
         if failure and execution.attempt >= task.attempts and _counted_attempts(execution) >= task.attempts:
@@ -297,17 +299,26 @@ def finish(
         return outcome
     try:
         with transaction.atomic():
-            retry = 0 if handed_back else _counted_attempts(execution)  # the retry the next attempt would be
-            if not handed_back and retry > task.retry_count:
+            workflow = workflows.lock(execution.workflow_run_id) if in_workflow else None
+            if workflow is not None and workflow.cancelled_at is not None:
+                may_follow = False  # nothing more runs in a cancelled workflow run
+            retry = 0
+            if may_follow:
+                retry = 0 if handed_back else _counted_attempts(execution)  # the retry the next attempt would be
+                if not handed_back and retry > task.retry_count:
+                    _mark_exhausted(fields, task)
+            elif failure and execution.attempt >= task.attempts and _counted_attempts(execution) >= task.attempts:
                 _mark_exhausted(fields, task)
             if not write():
                 return outcome
-            if handed_back:
+            if may_follow and handed_back:
                 outcome.next_execution = execution.next_attempt(delay=0, enqueued=True)
-            elif retry <= task.retry_count:
+            elif may_follow and retry <= task.retry_count:
                 delay = task.retry_delay_for(retry)
                 outcome.next_execution = execution.next_attempt(delay=delay, enqueued=delay <= settings.TASKHUB_MAX_ETA)
                 outcome.retry_delay = delay
+            if outcome.next_execution is None and workflow is not None and task.has_downstream:
+                workflows.run_ended(execution, workflow)
             _after_outcome(execution, task, fields)
     except BaseException:
         # Nothing was committed (e.g. the database went away before COMMIT):
@@ -418,6 +429,8 @@ def retry_run(execution: TaskExecution, *, user=None, trigger: str = Trigger.MAN
                 at=at,
                 snapshot=latest.snapshot() if latest.has_snapshot else TaskExecution.snapshot_of(task),
                 celery_task_id=str(uuid.uuid4()),
+                workflow_run_id=latest.workflow_run_id,
+                upstream_execution_id=latest.upstream_execution_id,
             )
     except IntegrityError:
         # Another hand retry of the same run took attempt latest + 1 first.

@@ -39,6 +39,7 @@ class Trigger(models.TextChoices):
     SCHEDULE = "schedule", "Schedule"
     RETRY = "retry", "Retry"
     CLI = "cli", "Command line"
+    UPSTREAM = "upstream", "Upstream task"
 
 
 # The only allowed transitions; everything else raises InvalidTransition.
@@ -171,6 +172,24 @@ class TaskExecution(models.Model):
         db_index=False,  # see execution_schedule_fire_unique
     )
     fire_time = models.DateTimeField(null=True, blank=True, help_text="The schedule's fire time this run is for.")
+    # Task graphs (executions.workflows): the root launch's workflow run, and the execution whose end launched this run.
+    workflow_run = models.ForeignKey(
+        "WorkflowRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="executions",
+        db_index=False,  # see execution_workflow_task_unique
+    )
+    upstream_execution = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,  # see execution_upstream_idx
+        help_text="The upstream task's execution whose end launched this run.",
+    )
 
     objects = TaskExecutionQuerySet.as_manager()
 
@@ -183,6 +202,13 @@ class TaskExecution(models.Model):
                 fields=["schedule", "fire_time"],
                 name="execution_schedule_fire_unique",
                 condition=models.Q(fire_time__isnull=False, attempt=1),
+            ),
+            # A task runs once per workflow run (one run: attempt numbers do not repeat), however many
+            # upstream runs find it ready; also the index of a workflow run's rows. Rows in none are not in it.
+            models.UniqueConstraint(
+                fields=["workflow_run", "task", "attempt"],
+                name="execution_workflow_task_unique",
+                condition=models.Q(workflow_run__isnull=False),
             ),
         ]
         # Every status change rewrites the row into every index (status is
@@ -215,6 +241,12 @@ class TaskExecution(models.Model):
                 fields=["triggered_by"],
                 name="execution_triggered_by_idx",
                 condition=models.Q(triggered_by__isnull=False),
+            ),
+            # SET NULL when an upstream execution is purged; rows no upstream launched are not in it.
+            models.Index(
+                fields=["upstream_execution"],
+                name="execution_upstream_idx",
+                condition=models.Q(upstream_execution__isnull=False),
             ),
         ]
 
@@ -391,6 +423,8 @@ class TaskExecution(models.Model):
         celery_task_id: str = "",
         schedule_id: int | None = None,
         fire_time: datetime | None = None,
+        workflow_run_id: uuid.UUID | None = None,
+        upstream_execution_id: int | None = None,
     ) -> TaskExecution:
         """Save a new pending attempt (the named LAUNCH_INSERT) and return it.
 
@@ -414,6 +448,8 @@ class TaskExecution(models.Model):
             "created_at": at,
             "schedule_id": schedule_id,
             "fire_time": fire_time,
+            "workflow_run_id": workflow_run_id,
+            "upstream_execution_id": upstream_execution_id,
             **snapshot,
         }
         values["id"] = statements.insert_pending(values)
@@ -444,7 +480,34 @@ class TaskExecution(models.Model):
             snapshot=self.snapshot(),
             schedule_id=self.schedule_id,
             fire_time=self.fire_time,
+            workflow_run_id=self.workflow_run_id,
+            upstream_execution_id=self.upstream_execution_id,
         )
+
+
+class WorkflowRun(models.Model):
+    """Everything one root launch of a task with downstream tasks set off (executions.workflows).
+
+    Its id is the root run's ``run_id``. Firing downstream tasks locks this
+    row, so two upstream runs that end together launch their common
+    downstream task once; cancelling sets ``cancelled_at`` under the same
+    lock, so nothing launches after it.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    root_task = models.ForeignKey("taskhub.Task", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=now, db_index=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "workflow run"
+
+    def __str__(self) -> str:
+        return f"Workflow run {self.pk} ({self.root_task or 'deleted task'})"
 
 
 # -- worker liveness

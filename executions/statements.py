@@ -34,13 +34,14 @@ EXECUTION_COLUMNS = (
     "started_at", "finished_at", "exit_code", "signal", "stdout", "stderr", "output_truncated", "error", "worker",
     "pid", "celery_task_id", "heartbeat_at", "cancel_requested_at", "max_rss_kb", "cpu_user", "cpu_system",
     "created_at", "handed_back", "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
-    "exhausted", "decided_by", "schedule_id", "fire_time",
+    "exhausted", "decided_by", "schedule_id", "fire_time", "workflow_run_id", "upstream_execution_id",
 )  # fmt: skip
 TASK_COLUMNS = (
     "id", "name", "description", "command", "shell", "env", "working_dir", "timeout", "kill_grace", "retry_count",
     "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority", "enabled",
     "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout", "max_concurrency",
     "overlap_policy", "pause_after_exhausted", "paused_reason", "owner_id", "created_at", "updated_at",
+    "has_downstream",
 )  # fmt: skip
 # Columns the database hands back as JSON text (Django reads jsonb as text too).
 _JSON_EXECUTION = tuple(i for i, name in enumerate(EXECUTION_COLUMNS) if name in ("argv", "env"))
@@ -55,7 +56,7 @@ _JSON_TASK = tuple(
 LAUNCH_INSERT_COLUMNS = (
     "task_id", "run_id", "attempt", "status", "trigger", "triggered_by_id", "scheduled_for", "enqueued_at",
     "celery_task_id", "created_at", "command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace",
-    "schedule_id", "fire_time",
+    "schedule_id", "fire_time", "workflow_run_id", "upstream_execution_id",
 )  # fmt: skip
 LAUNCH_INSERT = (
     f"INSERT INTO {EXECUTIONS} ({', '.join(LAUNCH_INSERT_COLUMNS)}) "

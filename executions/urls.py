@@ -12,5 +12,6 @@ app_name = "console"
 urlpatterns = [
     path("dashboard/", admin.site.admin_view(views.dashboard_view), name="dashboard"),
     path("runs/<uuid:run_id>/", admin.site.admin_view(views.run_view), name="run"),
+    path("workflows/<uuid:workflow_id>/", admin.site.admin_view(views.workflow_view), name="workflow"),
     path("executions/<int:pk>/live/", admin.site.admin_view(views.execution_live), name="execution-live"),
 ]

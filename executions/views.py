@@ -1,4 +1,4 @@
-"""The console's own pages beside the admin: an execution's live state (JSON), a run's attempts, the dashboard.
+"""The console's own pages beside the admin: an execution's live state (JSON), a run's attempts, a workflow run's graph, the dashboard.
 
 Each view answers through the admin site (login, staff) and checks the
 view permission; charts are SVG drawn here, on the server.
@@ -10,15 +10,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.utils.timezone import now
 
-from executions import console
+from executions import console, workflows
 from executions.admin import VIEW_EXECUTION, exit_words, live_state
-from executions.models import Status, TaskExecution
+from executions.models import Status, TaskExecution, WorkflowRun
 from taskhub.admin import STATUS_COLOURS, can_run
 
 # The order statuses stack in the hourly chart, bottom up.
@@ -191,3 +191,74 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
 
 def _share(value: float | None, of: float) -> float:
     return round((value or 0) / of * 100, 1)
+
+
+# -- a workflow run's graph --------------------------------------------------------------------
+
+NODE_W, NODE_H, COLUMN_GAP, ROW_GAP = 200, 48, 80, 24
+
+
+@dataclass
+class Box:
+    node: workflows.Node
+    x: int
+    y: int
+    colour: str
+
+
+@dataclass
+class Line:
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    label: str
+
+
+def workflow_view(request: HttpRequest, workflow_id: uuid.UUID) -> HttpResponse:
+    """A workflow run's runs as a graph, columns by depth from the root, with a cancel button while it runs."""
+    _may_view(request)
+    workflow = WorkflowRun.objects.select_related("root_task", "cancelled_by").filter(pk=workflow_id).first()
+    if workflow is None:
+        raise Http404(f"No workflow run {workflow_id}.")
+    if request.method == "POST":
+        if not can_run(request, VIEW_EXECUTION):
+            raise PermissionDenied("Cancelling needs the “Can run tasks” and “Can view task execution” permissions.")
+        stopped = workflows.cancel(workflow, user=request.user)
+        messages.success(request, f"Workflow run cancelled: {stopped} execution(s) cancelled or asked to stop.")
+        return HttpResponseRedirect(request.path)
+    g = workflows.graph(workflow)
+    boxes, rows_in = {}, {}
+    for node in g.nodes:
+        row = rows_in.get(node.depth, 0)
+        rows_in[node.depth] = row + 1
+        boxes[node.run_id] = Box(
+            node,
+            x=10 + node.depth * (NODE_W + COLUMN_GAP),
+            y=10 + row * (NODE_H + ROW_GAP),
+            colour=STATUS_COLOURS.get(node.status, "#6c757d"),
+        )
+    lines = [
+        Line(
+            boxes[e.upstream].x + NODE_W,
+            boxes[e.upstream].y + NODE_H // 2,
+            boxes[e.downstream].x,
+            boxes[e.downstream].y + NODE_H // 2,
+            e.condition.replace("_", " "),
+        )
+        for e in g.edges
+    ]
+    context = {
+        **admin.site.each_context(request),
+        "title": f"Workflow run {workflow.pk}",
+        "workflow": workflow,
+        "graph": g,
+        "boxes": list(boxes.values()),
+        "lines": lines,
+        "node_w": NODE_W,
+        "node_h": NODE_H,
+        "width": 20 + (max(rows_in, default=0) + 1) * (NODE_W + COLUMN_GAP),
+        "height": 20 + max(rows_in.values(), default=1) * (NODE_H + ROW_GAP),
+        "can_cancel": can_run(request, VIEW_EXECUTION) and g.status == "running",
+    }
+    return TemplateResponse(request, "console/workflow.html", context)

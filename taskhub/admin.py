@@ -26,6 +26,7 @@ from executions.models import Status, TaskExecution, Trigger
 from taskhub import schedules
 from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.limits import ActiveRunLimitReached
+from taskhub.link_admin import DownstreamInline
 from taskhub.models import TIMEOUT_MAX, Tag, Task, TaskDisabled, validate_env
 from taskhub.schedule_admin import ScheduleInline
 from taskhub.services import launch
@@ -330,7 +331,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     search_fields = ("name", "command", "description")
     list_per_page = 50
     actions = ("run_now", "enable", "disable", "duplicate", "delete_selected")
-    inlines = (ScheduleInline, RecentExecutionInline)
+    inlines = (ScheduleInline, DownstreamInline, RecentExecutionInline)
     form = TaskForm
     formfield_overrides = {models.JSONField: {"form_class": EnvField}}
     readonly_fields = ("created_at", "updated_at", "retry_policy")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -13,14 +13,32 @@ from rest_framework.reverse import reverse
 
 from executions.api import ExecutionReceiptSerializer, ExecutionSerializer, location_of
 from executions.models import Trigger
+from taskhub.durations import EXAMPLES, parse_duration
 from taskhub.limits import ActiveRunLimitReached
-from taskhub.models import Tag, Task, TaskDisabled
+from taskhub.links import cycle_error, set_downstream
+from taskhub.models import Condition, Tag, Task, TaskDisabled
 from taskhub.permissions import CanRunVisibleTask, ModelPermissions, can_see_executions, can_see_secrets
 from taskhub.schedule_api import SchedulesField, SchedulesMixin
 from taskhub.services import launch
 
 # Longest command line the API accepts, characters.
 COMMAND_MAX_CHARS = 65536
+
+
+# Fields in whole seconds that also take a human form ("90s", "5m", "1h30m"); answers give seconds.
+DURATION_FIELDS = ("timeout", "kill_grace", "retry_delay", "retry_delay_max")
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "example": "1h30m"}]})
+class DurationField(serializers.IntegerField):
+    """Whole seconds, given as a number or in human form; stored and answered as seconds."""
+
+    def to_internal_value(self, data: object) -> int:
+        try:
+            seconds = parse_duration(data)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return super().to_internal_value(seconds)
 
 
 class TagNamesField(serializers.ListField):
@@ -36,13 +54,46 @@ class TagNamesField(serializers.ListField):
         return sorted(tag.name for tag in value.all())
 
 
+class DownstreamLinkSerializer(serializers.Serializer):
+    task = serializers.PrimaryKeyRelatedField(queryset=Task.objects.all(), help_text="The downstream task's id.")
+    condition = serializers.ChoiceField(choices=Condition.choices, default=Condition.ON_SUCCESS)
+
+
+class DownstreamField(serializers.ListField):
+    """A task's downstream links: the tasks its runs launch when they end, each with its condition."""
+
+    child = DownstreamLinkSerializer()
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("max_length", 100)
+        super().__init__(source="downstream_links", **kwargs)
+
+    def to_representation(self, value) -> list[dict]:
+        return [{"task": link.downstream_id, "condition": link.condition} for link in value.all()]
+
+
 def _set_tags(task: Task, names: list[str]) -> None:
     task.tags.set([Tag.objects.get_or_create(name=name)[0] for name in dict.fromkeys(names)])
+
+
+def _set_links(task: Task, links: list[dict]) -> None:
+    # PATCH is partial all the way down: a condition left out has no default applied.
+    try:
+        set_downstream(task, [(link["task"], link.get("condition", Condition.ON_SUCCESS)) for link in links])
+    except DjangoValidationError as exc:  # a cycle closed by a concurrent edit since validate()
+        raise serializers.ValidationError({"downstream": exc.messages}) from None
+    # The answer reads them back: not the links prefetched before the change.
+    getattr(task, "_prefetched_objects_cache", {}).pop("downstream_links", None)
 
 
 class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
     schedules = SchedulesField(required=False)
     tags = TagNamesField(required=False, help_text='Labels, e.g. ["nightly", "billing"].')
+    downstream = DownstreamField(
+        required=False,
+        help_text='Tasks launched when a run ends, e.g. [{"task": 7, "condition": "on_success"}]; '
+        "conditions on_success, on_failure (after the last attempt), on_finish. Writing it replaces the list.",
+    )
 
     class Meta:
         model = Task
@@ -51,41 +102,72 @@ class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
             "retry_count", "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority",
             "enabled", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout",
             "max_concurrency", "overlap_policy", "pause_after_exhausted", "paused_reason", "owner", "tags",
-            "created_at", "updated_at", "schedules",
+            "downstream", "created_at", "updated_at", "schedules",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
         # Refused by length before validate() splits the command (shlex is slow on long words).
         extra_kwargs = {"command": {"max_length": COMMAND_MAX_CHARS}}
 
+    def build_standard_field(self, field_name: str, model_field) -> tuple[type, dict]:
+        field_class, kwargs = super().build_standard_field(field_name, model_field)
+        if field_name in DURATION_FIELDS:
+            kwargs["help_text"] = f"{kwargs.get('help_text', '')} Seconds, or a form such as {EXAMPLES}.".strip()
+            return DurationField, kwargs
+        return field_class, kwargs
+
     def validate(self, attrs: dict) -> dict:
         # The model's own clean() (command splitting, working directory) applies here as in the admin.
         instance = Task(
-            **{**self._current_values(), **{k: v for k, v in attrs.items() if k not in ("schedules", "tags")}}
+            **{
+                **self._current_values(),
+                **{k: v for k, v in attrs.items() if k not in ("schedules", "tags", "downstream_links")},
+            }
         )
         try:
             instance.clean()
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None
+        if "downstream_links" in attrs:
+            self._check_downstream(attrs["downstream_links"])
         return attrs
 
+    def _check_downstream(self, links: list[dict]) -> None:
+        targets = [link["task"] for link in links]
+        if len({t.pk for t in targets}) != len(targets):
+            raise serializers.ValidationError({"downstream": "A task is listed twice; give each downstream task once."})
+        if self.instance is not None:
+            if any(t.pk == self.instance.pk for t in targets):
+                raise serializers.ValidationError({"downstream": "A task cannot be its own downstream task."})
+            error = cycle_error(self.instance, [t.pk for t in targets])
+            if error:
+                raise serializers.ValidationError({"downstream": error})
+
+    @transaction.atomic
     def create(self, validated_data: dict) -> Task:
         names = validated_data.pop("tags", None)
+        links = validated_data.pop("downstream_links", None)
         task = super().create(validated_data)
         if names is not None:
             _set_tags(task, names)
+        if links is not None:
+            _set_links(task, links)
         return task
 
+    @transaction.atomic
     def update(self, instance: Task, validated_data: dict) -> Task:
         names = validated_data.pop("tags", None)
+        links = validated_data.pop("downstream_links", None)
         task = super().update(instance, validated_data)
         if names is not None:
             _set_tags(task, names)
+        if links is not None:
+            _set_links(task, links)
         return task
 
     def _current_values(self) -> dict:
         if self.instance is None:
             return {}
-        skip = ("id", "created_at", "updated_at", "schedules", "tags")
+        skip = ("id", "created_at", "updated_at", "schedules", "tags", "downstream")
         return {f: getattr(self.instance, f) for f in self.Meta.fields if f not in skip}
 
     def to_representation(self, instance: Task) -> dict:
@@ -97,7 +179,9 @@ class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
 
 
 class TaskViewSet(viewsets.ModelViewSet):
-    queryset = Task.objects.all().order_by("name").prefetch_related("schedules__periodic_task", "tags")
+    queryset = (
+        Task.objects.all().order_by("name").prefetch_related("schedules__periodic_task", "tags", "downstream_links")
+    )
     serializer_class = TaskSerializer
     permission_classes = [permissions.IsAuthenticated, ModelPermissions]
     filterset_fields = {"enabled": ["exact"], "queue": ["exact"], "name": ["exact"], "tags__name": ["exact"]}

@@ -288,6 +288,9 @@ class Task(models.Model):
     tags = models.ManyToManyField(Tag, blank=True, related_name="tasks", help_text="Labels to find the task by.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Kept by taskhub.links from the task's TaskLink rows: the end of a run of a
+    # task without downstream tasks looks at no link (read with the claim).
+    has_downstream = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         ordering = ["name"]
@@ -383,6 +386,32 @@ def _split(command: str) -> tuple[str, ...]:
 # -- schedules ------------------------------------------------------------------------------
 # A task's schedules: the human form (taskhub.schedules parses, describes and
 # syncs it) and the django-celery-beat row beat reads, which TaskHub owns.
+
+
+class Condition(models.TextChoices):
+    ON_SUCCESS = "on_success", "On success"
+    ON_FAILURE = "on_failure", "On failure (after the last attempt)"
+    ON_FINISH = "on_finish", "On finish (success or failure)"
+
+
+class TaskLink(models.Model):
+    """An edge of the task graph: when a run of ``upstream`` ends meeting ``condition``, ``downstream`` launches."""
+
+    upstream = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="downstream_links")
+    downstream = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="upstream_links", help_text="The task to launch."
+    )
+    condition = models.CharField(max_length=12, choices=Condition.choices, default=Condition.ON_SUCCESS)
+
+    class Meta:
+        ordering = ["upstream_id", "downstream__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["upstream", "downstream"], name="tasklink_unique"),
+            models.CheckConstraint(condition=~models.Q(upstream=models.F("downstream")), name="tasklink_not_self"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.upstream} → {self.downstream} ({self.condition})"
 
 
 class ScheduleKind(models.TextChoices):

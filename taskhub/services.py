@@ -7,10 +7,11 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.utils.timezone import now
 
 from executions import concurrency, messaging
-from executions.models import Status, TaskExecution, Trigger
+from executions.models import Status, TaskExecution, Trigger, WorkflowRun
 from taskhub import limits
 from taskhub.models import OverlapPolicy, Task, TaskDisabled
 
@@ -24,6 +25,8 @@ def launch(
     overrides: dict | None = None,
     schedule_id: int | None = None,
     fire_time: datetime | None = None,
+    workflow_run_id: uuid.UUID | None = None,
+    upstream_execution_id: int | None = None,
 ) -> TaskExecution:
     """Create the first attempt of a new run and send it once the transaction commits.
 
@@ -39,7 +42,10 @@ def launch(
     other; ``replace`` asks its running executions to stop first
     (executions.concurrency). ``schedule_id`` and ``fire_time``: the
     schedule's fire this run is for (unique together: IntegrityError when
-    that fire was launched already).
+    that fire was launched already). ``workflow_run_id`` and
+    ``upstream_execution_id``: a launch by an upstream run's end
+    (executions.workflows); a root launch of a task with downstream tasks
+    starts a workflow run of its own.
     """
     if not task.enabled:
         raise TaskDisabled(f"Task “{task.name}” is disabled; enable it before running it.")
@@ -59,6 +65,8 @@ def launch(
                 snapshot=_snapshot(task, overrides),
                 schedule_id=schedule_id,
                 fire_time=fire_time,
+                workflow_run_id=workflow_run_id,
+                upstream_execution_id=upstream_execution_id,
             )
     due = scheduled_for or at
     will_send = (due - at).total_seconds() <= settings.TASKHUB_MAX_ETA
@@ -66,20 +74,30 @@ def launch(
     # commits at once (one round trip instead of BEGIN/INSERT/COMMIT) and the
     # message goes out right after; inside a caller's transaction, on_commit
     # still holds the message until that commits.
-    execution = TaskExecution.create_pending(
-        task,
-        run_id=uuid.uuid4(),
-        attempt=1,
-        trigger=trigger,
-        triggered_by_id=triggered_by_id,
-        scheduled_for=due,
-        enqueued=will_send,
-        at=at,
-        snapshot=_snapshot(task, overrides),
-        celery_task_id=str(uuid.uuid4()),
-        schedule_id=schedule_id,
-        fire_time=fire_time,
-    )
+    run_id = uuid.uuid4()
+    row = {
+        "task": task,
+        "run_id": run_id,
+        "attempt": 1,
+        "trigger": trigger,
+        "triggered_by_id": triggered_by_id,
+        "scheduled_for": due,
+        "enqueued": will_send,
+        "at": at,
+        "snapshot": _snapshot(task, overrides),
+        "celery_task_id": str(uuid.uuid4()),
+        "schedule_id": schedule_id,
+        "fire_time": fire_time,
+        "workflow_run_id": workflow_run_id,
+        "upstream_execution_id": upstream_execution_id,
+    }
+    if workflow_run_id is None and task.has_downstream:
+        # The root launch of a task graph: its run's id names the workflow run.
+        with transaction.atomic():
+            WorkflowRun.objects.create(id=run_id, root_task=task, created_at=at)
+            execution = TaskExecution.create_pending(**{**row, "workflow_run_id": run_id})
+    else:
+        execution = TaskExecution.create_pending(**row)
     if will_send:
         messaging.send_on_commit(execution)
     return execution
@@ -109,10 +127,13 @@ def _skipped(
     triggered_by_id: int | None,
     at: datetime,
     snapshot: dict[str, object],
-    schedule_id: int | None,
-    fire_time: datetime | None,
+    schedule_id: int | None = None,
+    fire_time: datetime | None = None,
+    workflow_run_id: uuid.UUID | None = None,
+    upstream_execution_id: int | None = None,
+    decided_by: str = "overlap_policy skip: the task was at its max_concurrency",
 ) -> TaskExecution:
-    """Record a launch that the overlap policy skipped: a finished execution that says why."""
+    """Record a launch that did not start: a finished execution that says why."""
     return TaskExecution.objects.create(
         task=task,
         run_id=uuid.uuid4(),
@@ -124,8 +145,27 @@ def _skipped(
         finished_at=at,
         created_at=at,
         error=reason,
-        decided_by="overlap_policy skip: the task was at its max_concurrency",
+        decided_by=decided_by,
         schedule_id=schedule_id,
         fire_time=fire_time,
+        workflow_run_id=workflow_run_id,
+        upstream_execution_id=upstream_execution_id,
         **snapshot,
+    )
+
+
+def record_not_launched(
+    task: Task, reason: str, *, trigger: str, workflow_run_id: uuid.UUID, upstream_execution_id: int
+) -> TaskExecution:
+    """Record, in its workflow run, a downstream launch that was refused (task disabled, a limit): skipped, with why."""
+    return _skipped(
+        task,
+        reason,
+        trigger=trigger,
+        triggered_by_id=None,
+        at=now(),
+        snapshot=TaskExecution.snapshot_of(task),
+        workflow_run_id=workflow_run_id,
+        upstream_execution_id=upstream_execution_id,
+        decided_by="not launched by its upstream run",
     )

@@ -206,8 +206,9 @@ FIELDS: tuple[FileField, ...] = (
     FileField("schedules", _schedules, _schedule_forms, show=_schedules_in_words),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
-# Model fields a file leaves alone: the id, timestamps, and state the engine sets.
-NOT_IN_FILE = frozenset({"id", "created_at", "updated_at", "paused_reason"})
+# Model fields a file leaves alone: the id, timestamps, and state the engine sets
+# (has_downstream follows the task's links, which files do not carry yet).
+NOT_IN_FILE = frozenset({"id", "created_at", "updated_at", "paused_reason", "has_downstream"})
 # File fields kept in other tables: saved after the task, by their own functions.
 RELATED = frozenset({"schedules"})
 REQUIRED = ("name", "command")
