@@ -34,7 +34,6 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-import re
 import uuid
 import zoneinfo
 from collections.abc import Iterable, Iterator
@@ -49,6 +48,7 @@ from django.dispatch import receiver
 from django.utils.timezone import now
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
+from taskhub.durations import parse_duration
 from taskhub.models import Misfire, Schedule, ScheduleKind, Task
 
 BEAT_TASK = "taskhub.launch_scheduled"
@@ -71,24 +71,6 @@ MACROS = {
 }
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-
-
-# "90s", "5m", "1h30m", "2d", or whole seconds: units largest first, each at most once.
-_DURATION = re.compile(r"\A(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?\Z")
-
-
-def parse_duration(value: object) -> int:
-    """Return an interval in whole seconds from an int, digits or a form such as "1h30m"; raise ValueError."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    text = value.strip().lower().replace(" ", "") if isinstance(value, str) else ""
-    if text.isdigit() and len(text) <= 12:
-        return int(text)
-    match = _DURATION.match(text)
-    if not text or match is None:
-        raise ValueError(f'{str(value)[:40]!r} is not a duration; use seconds or a form such as "90s", "5m", "1h30m".')
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 class ScheduleError(ValueError):

@@ -1,6 +1,6 @@
 """The README's API examples run as written against a live server.
 
-Every ```sh block of the README section that holds the curl examples runs
+Every ```sh block of the README section that holds the curl examples (and of "Workflows") runs
 with `bash -e`, `$TASKHUB` replaced by the server's URL and `$TOKEN` by a
 real token. curl itself exits 0 on an HTTP error, so the blocks run with
 `curl` made to fail on one (and `pipefail`): an example that answers 4xx
@@ -52,6 +52,8 @@ def test_the_readme_has_curl_examples_for_the_api():
 
 def examples_to_run() -> list[str]:
     _, blocks = api_examples(README.read_text())
+    # The worked example of task graphs runs too.
+    blocks += SH_BLOCK.findall(sections(README.read_text()).get("Workflows", ""))
     return [block for block in blocks if "curl" in block]
 
 
