@@ -218,3 +218,32 @@ def test_cancelling_a_workflow_run_stops_its_command_and_its_pending_attempts_ne
     g = ended(workflow_run_id)
     assert g.status == "cancelled"
     assert not TaskExecution.objects.filter(task=after).exists()  # on_finish does not fire after a cancel
+
+
+@pytest.mark.django_db
+def test_the_workflow_page_shows_the_graph_and_cancels_only_for_those_who_may_run(
+    make_task, admin_client, client, viewer, operator
+):
+    root_task, after = make_task(name="root"), make_task(name="after")
+    set_downstream(root_task, [(after, Condition.ON_SUCCESS)])
+    root = launch(Task.objects.get(pk=root_task.pk))  # no worker: it stays pending
+    page_url = f"/admin/console/workflows/{root.workflow_run_id}/"
+
+    page = admin_client.get(page_url)
+    assert page.status_code == 200
+    assert b'data-task="root"' in page.content and b'data-status="pending"' in page.content
+    assert b"th-cancel-workflow" in page.content
+
+    client.force_login(viewer)
+    assert b"th-cancel-workflow" not in client.get(page_url).content
+    assert client.post(page_url).status_code == 403
+    root.refresh_from_db()
+    assert root.status == Status.PENDING
+
+    client.force_login(operator)
+    assert client.post(page_url).status_code == 302
+    root.refresh_from_db()
+    assert root.status == Status.CANCELLED
+    assert b'data-status="cancelled"' in client.get(page_url).content
+    listed = admin_client.get("/admin/executions/workflowrun/")
+    assert listed.status_code == 200 and str(root.workflow_run_id).encode() in listed.content
