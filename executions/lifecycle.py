@@ -27,6 +27,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError, transact
 from django.utils.timezone import now
 
 from executions import concurrency, messaging, rules, workflows
+from executions.confine import Limits
 from executions.db import drop_connection
 from executions.hooks import hooks_for
 from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger
@@ -109,6 +110,18 @@ def spec_for(execution: TaskExecution) -> CommandSpec:
         run_as=settings.TASKHUB_RUN_AS,
         # The task's env values may be secrets: no error text the runner writes shows them.
         secret_values=tuple(str(v) for v in (execution.env or {}).values()),
+        limits=limits_of(execution.task),
+    )
+
+
+def limits_of(task) -> Limits:
+    """What the task lets its command use (the task as it is when the attempt starts)."""
+    return Limits(
+        memory_mb=task.memory_limit_mb,
+        cpu_seconds=task.cpu_limit_seconds,
+        open_files=task.open_files_limit,
+        processes=task.process_limit,
+        isolate=task.isolated,
     )
 
 

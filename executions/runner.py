@@ -17,7 +17,9 @@ Guarantees:
 - with ``run_as`` the command runs as that user and its primary group, with no
   supplementary groups, so it cannot read the worker's memory or environment;
   the runner refuses to start it as the worker's own user instead;
-- error texts never show a value of ``secret_values`` (the task's own env).
+- error texts never show a value of ``secret_values`` (the task's own env);
+- ``limits`` (executions/confine.py): past a memory, CPU time or process
+  limit the command is stopped, and the error names the limit.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+
+from executions import confine
 
 # Environment variables a command inherits from the worker; everything else
 # comes from the task's own ``env`` and TaskHub's TASKHUB_* variables.
@@ -114,6 +118,7 @@ class CommandSpec:
     run_as: str = ""
     # Values no error text may show (the task's own env values): replaced by MASK.
     secret_values: Collection[str] = ()
+    limits: confine.Limits = field(default_factory=confine.Limits)
 
 
 @dataclass
@@ -424,6 +429,10 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
     hooks = hooks or Hooks()
     if not spec.argv:
         return _not_started(spec, "Cannot start: the command is empty.")
+    if spec.limits:
+        problem = confine.start_problem(spec.limits)
+        if problem:
+            return _not_started(spec, f"Cannot start: {problem}")
     user, problem = _user_to_switch_to(spec.run_as)
     if problem:
         # Never fall back to the worker's own user: the command could read its secrets.
@@ -449,10 +458,11 @@ def _run(spec: CommandSpec, hooks: Hooks, user: pwd.struct_passwd | None, privat
     if user is not None:
         env.setdefault("TMPDIR", private_dir)
         switch = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    argv = confine.wrap(spec.argv, spec.limits, cwd) if spec.limits else spec.argv
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
-            spec.argv,
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -489,7 +499,9 @@ def _run(spec: CommandSpec, hooks: Hooks, user: pwd.struct_passwd | None, privat
             result.signal = os.WTERMSIG(wait_status)
         else:
             result.exit_code = os.WEXITSTATUS(wait_status)
-        if status is not None:
+        if status == OVER_LIMIT:
+            result.outcome = "failed"  # the error, set when it was stopped, names the limit
+        elif status is not None:
             result.outcome = status
         elif result.exit_code == 0:
             result.outcome = "succeeded"
@@ -499,6 +511,12 @@ def _run(spec: CommandSpec, hooks: Hooks, user: pwd.struct_passwd | None, privat
                 result.error = f"The command was killed by signal {result.signal} ({_signame(result.signal)})."
             else:
                 result.error = f"The command exited with code {result.exit_code}."
+            if spec.limits:
+                cpu = (result.cpu_user or 0) + (result.cpu_system or 0)
+                explained = confine.explain_end(
+                    spec.limits, signal_number=result.signal, cpu_seconds=cpu, stderr=err.text()[-4096:]
+                )
+                result.error = f"{explained} {result.error}" if explained else result.error
     finally:
         if not reaped:
             # The supervisor was interrupted (e.g. Celery's backstop time
@@ -571,6 +589,10 @@ def _signame(sig: int) -> str:
         return f"signal {sig}"
 
 
+# _supervise stopped the command past one of its limits (result.error says which).
+OVER_LIMIT = "over_limit"
+
+
 def _supervise(
     proc: subprocess.Popen[bytes],
     spec: CommandSpec,
@@ -581,7 +603,7 @@ def _supervise(
 ) -> str | None:
     """Pump output and enforce deadline and cancellation until the group is done.
 
-    Return "timeout" or "cancelled" when TaskHub stopped the command, else None.
+    Return "timeout", "cancelled" or OVER_LIMIT when TaskHub stopped the command, else None.
     The leader is left unreaped (a zombie) so its pgid stays reserved. At
     each heartbeat interval the leader's peak memory so far goes into
     ``result.max_rss_kb`` (see _peak_rss_kb).
@@ -609,6 +631,8 @@ def _supervise(
     deadline = start + spec.timeout
     next_heartbeat = start + spec.heartbeat_interval
     next_cancel_check = start + spec.cancel_poll_interval
+    polled = spec.limits.polled
+    next_limit_check = start + confine.POLL_INTERVAL if polled else None
     stop_reason: str | None = None
     kill_at: float | None = None
     killed = False
@@ -630,6 +654,14 @@ def _supervise(
                 if hooks.cancel_requested():
                     stop_reason = "cancelled"
                     terminate(now)
+            if stop_reason is None and polled and not leader_done and now >= next_limit_check:
+                next_limit_check = now + confine.POLL_INTERVAL
+                over = confine.over_limit(spec.limits, pgid)
+                if over:
+                    # Memory or processes running away: no grace, the group goes at once.
+                    stop_reason = OVER_LIMIT
+                    result.error = over
+                    kill_at = now
             if not killed and kill_at is not None and now >= kill_at:
                 _killpg(pgid, signal.SIGKILL)
                 killed = True
@@ -658,6 +690,8 @@ def _supervise(
                 wakeups.append(deadline)
                 if hooks.cancel_requested:
                     wakeups.append(next_cancel_check)
+                if polled and not leader_done:
+                    wakeups.append(next_limit_check)
             if not killed:
                 wakeups.append(kill_at)
             wakeups.append(give_up_at)

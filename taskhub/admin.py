@@ -340,7 +340,20 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "description", "enabled", "tags")}),
         ("Command", {"fields": ("command", "shell", "env", "working_dir")}),
-        ("Limits", {"fields": ("timeout", "kill_grace")}),
+        (
+            "Limits",
+            {
+                "fields": (
+                    "timeout",
+                    "kill_grace",
+                    "memory_limit_mb",
+                    "cpu_limit_seconds",
+                    "open_files_limit",
+                    "process_limit",
+                    "isolated",
+                )
+            },
+        ),
         (
             "Retries",
             {

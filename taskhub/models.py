@@ -28,6 +28,10 @@ TIMEOUT_MAX = 7 * 24 * 3600  # seconds
 KILL_GRACE_MAX = 3600  # seconds
 RETRY_DELAY_MAX = 30 * 24 * 3600  # seconds, for retry_delay and retry_delay_max
 RETRY_COUNT_MAX = 1000
+MEMORY_LIMIT_MAX_MB = 1024 * 1024
+PROCESS_LIMIT_MAX = 100_000
+# Fewer open files than this and a command cannot even load its libraries.
+OPEN_FILES_LIMIT_MIN, OPEN_FILES_LIMIT_MAX = 16, 1024 * 1024
 RETRY_BACKOFF_MAX = 100.0
 COMMAND_MAX_CHARS = 64 * 1024
 ENV_MAX_VARIABLES = 256
@@ -291,6 +295,40 @@ class Task(models.Model):
     # Kept by taskhub.links from the task's TaskLink rows: the end of a run of a
     # task without downstream tasks looks at no link (read with the claim).
     has_downstream = models.BooleanField(default=False, db_default=False, editable=False)
+    # What the command may use (executions/confine.py); empty = no limit. Read when an attempt starts.
+    memory_limit_mb = models.PositiveIntegerField(
+        "memory limit (MiB)",
+        null=True,
+        blank=True,
+        validators=bounded("The memory limit", 1, MEMORY_LIMIT_MAX_MB, " MiB"),
+        help_text="Stop the command when its processes together hold more resident memory than this.",
+    )
+    cpu_limit_seconds = models.PositiveIntegerField(
+        "CPU time limit (s)",
+        null=True,
+        blank=True,
+        validators=bounded("The CPU time limit", 1, TIMEOUT_MAX, " seconds"),
+        help_text="CPU seconds each process of the command may use; the kernel stops a process past it.",
+    )
+    open_files_limit = models.PositiveIntegerField(
+        "open files limit",
+        null=True,
+        blank=True,
+        validators=bounded("The open files limit", OPEN_FILES_LIMIT_MIN, OPEN_FILES_LIMIT_MAX),
+        help_text="Files each process of the command may hold open at once.",
+    )
+    process_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=bounded("The process limit", 1, PROCESS_LIMIT_MAX),
+        help_text="Processes the command may run at once; it is stopped past it.",
+    )
+    isolated = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Run it in bubblewrap: no network, the file system read-only except its working directory, "
+        "a private /tmp. Fails with the reason on a worker host without bwrap.",
+    )
 
     class Meta:
         ordering = ["name"]

@@ -79,6 +79,14 @@ def _whole(value: object) -> int:
     return value
 
 
+def _optional_whole(value: object) -> int | None:
+    return None if value is None else _whole(value)
+
+
+def _optional_seconds(value: object) -> int | None:
+    return None if value is None else _seconds(value)
+
+
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"must be a number, not {_kind(value)}")
@@ -201,6 +209,11 @@ FIELDS: tuple[FileField, ...] = (
     FileField("max_concurrency", _whole),
     FileField("overlap_policy", _text),
     FileField("pause_after_exhausted", _whole),
+    FileField("memory_limit_mb", _optional_whole),
+    FileField("cpu_limit_seconds", _optional_seconds, lambda v: v if v is None else format_duration(v)),
+    FileField("open_files_limit", _optional_whole),
+    FileField("process_limit", _optional_whole),
+    FileField("isolated", _flag),
     FileField("enabled", _flag),
     FileField("owner", _username),
     FileField("schedules", _schedules, _schedule_forms, show=_schedules_in_words),
