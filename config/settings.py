@@ -387,6 +387,9 @@ CELERY_BEAT_SCHEDULER = "taskhub.scheduler:DatabaseScheduler"
 
 # TaskHub: output capture
 TASKHUB_OUTPUT_LIMIT = env_number("TASKHUB_OUTPUT_LIMIT", 1024 * 1024, minimum=1024, integer=True)  # bytes per stream
+# Bytes of the files a command leaves in $TASKHUB_ARTIFACTS_DIR kept per attempt
+# (in the database, with the execution); 0 = no artifacts directory.
+TASKHUB_ARTIFACTS_LIMIT = env_number("TASKHUB_ARTIFACTS_LIMIT", 10 * 1024 * 1024, minimum=0, integer=True)
 # TaskHub: the user commands run as (a name or uid), so they cannot read the
 # worker's environment or memory; empty = the worker's own user. A worker
 # that may not switch to it refuses to start.

@@ -13,12 +13,13 @@ from django.db.models import Max, Min, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.timezone import localdate, localtime, now
 
 from executions import console
+from executions.api import artifact_response
 from executions.lifecycle import RetryRefused, rerun_exhausted, retry_run, run_again
-from executions.models import InvalidTransition, Status, TaskExecution, WorkflowRun
+from executions.models import Artifact, InvalidTransition, Status, TaskExecution, WorkflowRun
 from taskhub.admin import STATUS_COLOURS, ago, can_run, status_badge
 from taskhub.admin_lookups import OfferedFiltersOnly
 from taskhub.limits import ActiveRunLimitReached
@@ -265,6 +266,7 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         ("Result", {"fields": ("exit_explained", "live_exit_code", "live_signal", "truncated_display")}),
         ("Where", {"fields": ("live_worker", "live_pid", "celery_task_id")}),
         ("Resources", {"fields": ("max_rss_kb", "cpu_user", "cpu_system")}),
+        ("Artifacts", {"fields": ("artifacts_list",)}),
     )
 
     def get_readonly_fields(self, request: HttpRequest, obj: TaskExecution | None = None):
@@ -287,6 +289,11 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
                 "<path:object_id>/cancel/",
                 self.admin_site.admin_view(self.cancel_view),
                 name="executions_taskexecution_cancel",
+            ),
+            path(
+                "<path:object_id>/artifacts/<int:artifact_id>/",
+                self.admin_site.admin_view(self.artifact_view),
+                name="executions_taskexecution_artifact",
             ),
             path(
                 "<path:object_id>/run-again/",
@@ -403,6 +410,33 @@ class TaskExecutionAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         return format_html(
             '<a href="{}">{}</a> (its attempts side by side)', reverse("console:run", args=[obj.run_id]), obj.run_id
         )
+
+    @admin.display(description="Files left in $TASKHUB_ARTIFACTS_DIR")
+    def artifacts_list(self, obj: TaskExecution):
+        rows = list(Artifact.objects.filter(execution=obj).listing())
+        if not rows:
+            return "none"
+        items = [
+            format_html(
+                '<li><a href="{}">{}</a> ({} bytes)</li>',
+                reverse("admin:executions_taskexecution_artifact", args=[obj.pk, a.pk]),
+                a.name,
+                a.size,
+            )
+            if a.is_kept
+            else format_html("<li>{} ({} bytes): not kept, past the attempt's cap</li>", a.name, a.size)
+            for a in rows
+        ]
+        return format_html('<ul class="th-artifacts">{}</ul>', format_html_join("", "{}", ((i,) for i in items)))
+
+    def artifact_view(self, request: HttpRequest, object_id: str, artifact_id: int) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied("Artifacts need the “Can view task execution” permission.")
+        execution = self._execution_or_404(request, object_id)
+        artifact = Artifact.objects.filter(execution=execution, pk=artifact_id, content__isnull=False).first()
+        if artifact is None:
+            raise Http404(f"Execution {execution.pk} kept no artifact #{artifact_id}.")
+        return artifact_response(artifact)
 
     @admin.display(description="Workflow run")
     def workflow_link(self, obj: TaskExecution):

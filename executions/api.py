@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from django.db.models import Func, IntegerField, QuerySet
 from django.db.models.functions import Right
+from django.http import Http404, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, pagination, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -14,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from executions.lifecycle import RetryRefused, retry_run, run_again
-from executions.models import InvalidTransition, TaskExecution, Trigger
+from executions.models import Artifact, InvalidTransition, TaskExecution, Trigger
 from taskhub.models import TaskDisabled
 from taskhub.permissions import CanActOnVisibleExecution, ModelPermissions, can_see_secrets
 
@@ -146,6 +148,32 @@ class NewestFirst(pagination.CursorPagination):
     max_page_size = 500
 
 
+class ArtifactSerializer(serializers.ModelSerializer):
+    kept = serializers.BooleanField(
+        source="is_kept", read_only=True, help_text="False: past the attempt's cap, listed but not kept."
+    )
+    url = serializers.SerializerMethodField(help_text="Where to download it (kept files only).")
+
+    class Meta:
+        model = Artifact
+        fields = ["name", "size", "kept", "url"]
+        read_only_fields = fields
+
+    def get_url(self, obj: Artifact) -> str | None:
+        if not obj.is_kept:
+            return None
+        return reverse("execution-artifact", args=[obj.execution_id, obj.name], request=self.context.get("request"))
+
+
+def artifact_response(artifact: Artifact) -> HttpResponse:
+    """The artifact as a download: never shown inline, whatever it contains."""
+    response = HttpResponse(bytes(artifact.content), content_type="application/octet-stream")
+    filename = artifact.name.rsplit("/", 1)[-1]
+    response["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(filename)}"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = TaskExecution.objects.select_related("task")
     serializer_class = ExecutionSerializer
@@ -159,6 +187,30 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
 
     def get_serializer_class(self) -> type[serializers.Serializer]:
         return ExecutionSummarySerializer if self.action == "list" else ExecutionSerializer
+
+    @extend_schema(responses=ArtifactSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None, filterset_fields=None, filter_backends=[])
+    def artifacts(self, request: Request, pk: str | None = None) -> Response:
+        """The files the attempt left in $TASKHUB_ARTIFACTS_DIR: names and sizes, and where to download them."""
+        execution = self.get_object()
+        rows = Artifact.objects.filter(execution=execution).listing()
+        return Response(ArtifactSerializer(rows, many=True, context={"request": request}).data)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes, 404: None})
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"artifacts/(?P<name>.+)",
+        url_name="artifact",
+        filter_backends=[],
+    )
+    def artifact(self, request: Request, pk: str | None = None, name: str = "") -> HttpResponse:
+        """Download one artifact."""
+        execution = self.get_object()
+        artifact = Artifact.objects.filter(execution=execution, name=name, content__isnull=False).first()
+        if artifact is None:
+            raise Http404(f"Execution {execution.pk} kept no artifact named {name!r}.")
+        return artifact_response(artifact)
 
     @extend_schema(request=None, responses={202: ExecutionSerializer, 409: None})
     @action(detail=True, methods=["post"], permission_classes=[permissions.IsAuthenticated, CanActOnVisibleExecution])

@@ -30,7 +30,7 @@ from executions import concurrency, messaging, rules, workflows
 from executions.confine import Limits
 from executions.db import drop_connection
 from executions.hooks import hooks_for
-from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Status, TaskExecution, Trigger
+from executions.models import CLAIM_CLOCK_TOLERANCE, RETRYABLE, Artifact, Status, TaskExecution, Trigger
 from executions.runner import CommandSpec, RunResult, build_env, run_command
 from notifications.services import outcome_recorded
 from taskhub import metrics
@@ -111,6 +111,8 @@ def spec_for(execution: TaskExecution) -> CommandSpec:
         # The task's env values may be secrets: no error text the runner writes shows them.
         secret_values=tuple(str(v) for v in (execution.env or {}).values()),
         limits=limits_of(execution.task),
+        resources=tuple(execution.task.resources or ()),
+        artifacts_limit=settings.TASKHUB_ARTIFACTS_LIMIT,
     )
 
 
@@ -188,6 +190,12 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
             except Exception:
                 logger.exception("Could not record the interruption of execution %s.", execution_id)
             raise
+    if result.artifacts:
+        with_db_retry(
+            f"saving the artifacts of execution {execution_id}",
+            lambda: save_artifacts(execution, result.artifacts),
+            deadline=time.monotonic() + settings.TASKHUB_FINAL_WRITE_RETRY,
+        )
     decision = rules.decide(
         result.outcome, exit_code=result.exit_code, signal=result.signal, rules=rules.Rules.of(execution.task)
     )
@@ -214,6 +222,12 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
         ),
         deadline=time.monotonic() + settings.TASKHUB_FINAL_WRITE_RETRY,
     )
+
+
+def save_artifacts(execution: TaskExecution, files: list) -> None:
+    """Keep the files the attempt left in its artifacts directory (one INSERT; only when it left some)."""
+    rows = [Artifact(execution_id=execution.pk, name=f.name, size=f.size, content=f.content) for f in files]
+    Artifact.objects.bulk_create(rows, ignore_conflicts=True)  # a retried write must not fail on the first's rows
 
 
 def _claim_limited_or_explain(

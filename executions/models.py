@@ -485,6 +485,30 @@ class TaskExecution(models.Model):
         )
 
 
+class ArtifactQuerySet(models.QuerySet):
+    def listing(self) -> ArtifactQuerySet:
+        """Names and sizes, with ``is_kept``, without loading the contents."""
+        return self.defer("content").annotate(is_kept=models.Q(content__isnull=False))
+
+
+class Artifact(models.Model):
+    """A file an attempt's command left in $TASKHUB_ARTIFACTS_DIR, kept with the execution (deleted with it)."""
+
+    execution = models.ForeignKey(TaskExecution, on_delete=models.CASCADE, related_name="artifacts")
+    name = models.CharField(max_length=1000, help_text="Its path under the artifacts directory.")
+    size = models.BigIntegerField(help_text="Bytes.")
+    content = models.BinaryField(null=True, help_text="Empty when it was past the attempt's cap and not kept.")
+
+    objects = ArtifactQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["execution_id", "name"]
+        constraints = [models.UniqueConstraint(fields=["execution", "name"], name="artifact_execution_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class WorkflowRun(models.Model):
     """Everything one root launch of a task with downstream tasks set off (executions.workflows).
 

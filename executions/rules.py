@@ -18,6 +18,8 @@ FAILED = "failed"
 TIMEOUT = "timeout"
 CANCELLED = "cancelled"
 NOT_STARTED = "not_started"
+# Its resources could not be downloaded: the command did not run.
+PREPARE_FAILED = "prepare_failed"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def decide(outcome: str, *, exit_code: int | None, signal: int | None, rules: Ru
         return Decision("cancelled", False, "cancelled: not retried")
     if outcome == NOT_STARTED:
         return Decision("failed", False, "the command could not be started: not retried")
+    if outcome == PREPARE_FAILED:
+        return Decision("failed", True, "its resources could not be downloaded: retried by the task's retry policy")
     if outcome == TIMEOUT:
         if rules.retry_on_timeout:
             return Decision("timeout", True, "timeout, and retry_on_timeout is on")

@@ -36,9 +36,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from executions import confine
+from executions import confine, rules, workspace
 
 # Environment variables a command inherits from the worker; everything else
 # comes from the task's own ``env`` and TaskHub's TASKHUB_* variables.
@@ -119,6 +119,10 @@ class CommandSpec:
     # Values no error text may show (the task's own env values): replaced by MASK.
     secret_values: Collection[str] = ()
     limits: confine.Limits = field(default_factory=confine.Limits)
+    # Downloaded into the working directory before the command: {"url", "path", "sha256"} each.
+    resources: tuple[dict, ...] = ()
+    # Bytes of artifacts kept per attempt; 0: no artifacts directory at all.
+    artifacts_limit: int = 0
 
 
 @dataclass
@@ -141,6 +145,7 @@ class RunResult:
     cpu_system: float | None = None
     duration: float = 0.0
     started: float = 0.0  # monotonic
+    artifacts: list[workspace.ArtifactFile] = field(default_factory=list)
 
 
 @dataclass
@@ -427,6 +432,7 @@ def _check_cwd(cwd: str) -> str:
 def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
     """Run ``spec`` to the end and return what happened. Never raises for the command's faults."""
     hooks = hooks or Hooks()
+    started = time.monotonic()
     if not spec.argv:
         return _not_started(spec, "Cannot start: the command is empty.")
     if spec.limits:
@@ -443,12 +449,57 @@ def run_command(spec: CommandSpec, hooks: Hooks | None = None) -> RunResult:
             private_dir = _private_dir(user)
         except OSError as exc:
             return _not_started(spec, f"Cannot start: no private directory for user {user.pw_name!r}: {exc}.")
+    scratch: list[str] = []  # directories made for this attempt, removed after it
+    owner = (user.pw_uid, user.pw_gid) if user is not None else None
     try:
-        return _run(spec, hooks, user, private_dir)
+        artifacts_dir = ""
+        try:
+            if spec.resources and not spec.cwd and not private_dir:
+                # Downloads need a directory of their own, not the shared temporary one.
+                spec = replace(spec, cwd=workspace.make_dir("taskhub-work-"))
+                scratch.append(spec.cwd)
+            if spec.artifacts_limit:
+                artifacts_dir = workspace.make_dir("taskhub-artifacts-", inside=private_dir, owner=owner)
+                scratch.append(artifacts_dir)
+                spec = replace(spec, env={**spec.env, "TASKHUB_ARTIFACTS_DIR": artifacts_dir})
+        except OSError as exc:
+            return _not_started(spec, f"Cannot start: no directory for the attempt: {exc}.")
+        if spec.resources:
+            fetched = _fetch(spec, hooks, user, private_dir)
+            if fetched is not None:
+                return fetched
+            spec = replace(spec, timeout=max(spec.timeout - (time.monotonic() - started), 0.001))
+        result = _run(spec, hooks, user, private_dir)
+        if artifacts_dir:
+            result.artifacts = workspace.collect(artifacts_dir, spec.artifacts_limit)
+        return result
     finally:
-        if private_dir:
-            # The command's group is gone by now; what it left there goes too.
-            shutil.rmtree(private_dir, ignore_errors=True)
+        for directory in (*scratch, private_dir):
+            if directory:
+                # The command's group is gone by now; what it left there goes too.
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+def _fetch(spec: CommandSpec, hooks: Hooks, user: pwd.struct_passwd | None, private_dir: str) -> RunResult | None:
+    """Download the spec's resources under the attempt's deadline; None when all arrived, else the attempt's result."""
+    fetch = replace(
+        spec,
+        argv=workspace.fetch_argv(list(spec.resources)),
+        limits=confine.Limits(),
+        resources=(),
+        artifacts_limit=0,
+    )
+    result = _run(fetch, hooks, user, private_dir)
+    if result.outcome == "succeeded":
+        return None
+    if result.outcome == "failed":
+        said = [line for line in result.stderr.splitlines() if line.strip()]
+        reason = said[-1] if said else result.error
+        result.outcome = rules.PREPARE_FAILED
+        result.error = _mask(f"Cannot start: downloading its resources failed. {reason}", spec.secret_values)
+    result.exit_code = None  # the downloader's, not the command's: no exit-code rule may read it
+    result.stdout = ""
+    return result
 
 
 def _run(spec: CommandSpec, hooks: Hooks, user: pwd.struct_passwd | None, private_dir: str) -> RunResult:

@@ -41,14 +41,15 @@ TASK_COLUMNS = (
     "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority", "enabled",
     "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout", "max_concurrency",
     "overlap_policy", "pause_after_exhausted", "paused_reason", "owner_id", "created_at", "updated_at",
-    "has_downstream", "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "isolated",
+    "has_downstream", "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "resources",
+    "isolated",
 )  # fmt: skip
 # Columns the database hands back as JSON text (Django reads jsonb as text too).
 _JSON_EXECUTION = tuple(i for i, name in enumerate(EXECUTION_COLUMNS) if name in ("argv", "env"))
 _JSON_TASK = tuple(
     i
     for i, name in enumerate(TASK_COLUMNS)
-    if name in ("env", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes")
+    if name in ("env", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "resources")
 )
 
 # What a launch or a next attempt writes; every other column is NULL or its

@@ -339,7 +339,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     change_form_template = "admin/taskhub/task/change_form.html"
     fieldsets = (
         (None, {"fields": ("name", "description", "enabled", "tags")}),
-        ("Command", {"fields": ("command", "shell", "env", "working_dir")}),
+        ("Command", {"fields": ("command", "shell", "env", "working_dir", "resources")}),
         (
             "Limits",
             {

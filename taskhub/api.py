@@ -102,7 +102,7 @@ class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
             "retry_count", "retry_delay", "retry_backoff", "retry_delay_max", "retry_jitter", "queue", "priority",
             "enabled", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout",
             "max_concurrency", "overlap_policy", "pause_after_exhausted", "paused_reason", "owner", "tags",
-            "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "isolated",
+            "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "isolated", "resources",
             "downstream", "created_at", "updated_at", "schedules",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import random
 import re
 import shlex
@@ -141,6 +142,40 @@ def validate_exit_codes(value: object) -> None:
         raise ValidationError("Exit codes are whole numbers from 0 to 255.", code="invalid_exit_codes")
     if len(value) > 256:
         raise ValidationError("At most 256 exit codes.", code="invalid_exit_codes")
+
+
+RESOURCES_MAX = 50
+_SHA256 = re.compile(r"\A[0-9a-fA-F]{64}\Z")
+
+
+def validate_resources(value: object) -> None:
+    """Check a task's resources: a list of {"url": http(s), "path": relative, "sha256": optional hex digest}."""
+    example = '[{"url": "https://example.com/data.csv", "path": "data.csv", "sha256": "<64 hex digits>"}]'
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValidationError(f"Must be a list of downloads such as {example}.", code="invalid_resources")
+    if len(value) > RESOURCES_MAX:
+        raise ValidationError(f"At most {RESOURCES_MAX} downloads per task.", code="invalid_resources")
+    problems = []
+    for n, item in enumerate(value, start=1):
+        unknown = set(item) - {"url", "path", "sha256"}
+        url, path, digest = item.get("url"), item.get("path"), item.get("sha256", "")
+        if unknown:
+            problems.append(f"download {n}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")) or len(url) > 2000:
+            problems.append(f"download {n}: url must be an http:// or https:// address")
+        if (
+            not isinstance(path, str)
+            or not path
+            or len(path) > 500
+            or os.path.isabs(path)
+            or ".." in path.split("/")
+            or "\0" in path
+        ):
+            problems.append(f"download {n}: path must be a file name relative to the working directory, without ..")
+        if digest and (not isinstance(digest, str) or not _SHA256.match(digest)):
+            problems.append(f"download {n}: sha256 must be 64 hexadecimal digits")
+    if problems:
+        raise ValidationError("; ".join(problems) + ".", code="invalid_resources")
 
 
 def default_success_exit_codes() -> list[int]:
@@ -322,6 +357,15 @@ class Task(models.Model):
         blank=True,
         validators=bounded("The process limit", 1, PROCESS_LIMIT_MAX),
         help_text="Processes the command may run at once; it is stopped past it.",
+    )
+    resources = models.JSONField(
+        "downloads",
+        default=list,
+        blank=True,
+        validators=[validate_resources],
+        help_text='Downloaded into the working directory before the command starts, e.g. [{"url": '
+        '"https://example.com/data.csv", "path": "data.csv", "sha256": "…"}]; a failed download or a wrong checksum '
+        "fails the attempt, retried by the retry policy.",
     )
     isolated = models.BooleanField(
         default=False,

@@ -193,6 +193,7 @@ FIELDS: tuple[FileField, ...] = (
     FileField("shell", _flag),
     FileField("env", _as_is, secret_values=True),
     FileField("working_dir", _text),
+    FileField("resources", _as_is),
     FileField("timeout", _seconds, format_duration),
     FileField("kill_grace", _seconds, format_duration),
     FileField("retry_count", _whole),

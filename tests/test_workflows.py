@@ -97,7 +97,7 @@ def test_the_admin_refuses_a_cycle_in_the_downstream_inline(make_task, admin_cli
     page = admin_client.get(f"/admin/taskhub/task/{b.pk}/change/")
     form = page.context["adminform"].form
     data = {name: value for name, value in form.initial.items() if value is not None and name != "tags"}
-    data.update(env="{}", success_exit_codes="[0]", retry_exit_codes="[]", no_retry_exit_codes="[]")
+    data.update(env="{}", resources="[]", success_exit_codes="[0]", retry_exit_codes="[]", no_retry_exit_codes="[]")
     for formset in page.context["inline_admin_formsets"]:
         management = formset.formset.management_form
         data.update({management.add_prefix(k): v for k, v in management.initial.items()})

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count, QuerySet
+from django.utils.timezone import now
 
-from executions.models import TaskExecution
+from executions.models import TaskExecution, WorkflowRun
 
 # A hundred years: past it the cut-off date leaves the calendar (an overflow, not an answer).
 MAX_DAYS = 36500
@@ -36,10 +38,20 @@ class Command(BaseCommand):
             ids = list(old.order_by("id").values_list("id", flat=True)[:batch])
             if not ids:
                 break
-            deleted, _ = TaskExecution.objects.filter(id__in=ids).delete()
-            total += deleted
+            # Their artifacts go with them; the count is of executions.
+            _, by_model = TaskExecution.objects.filter(id__in=ids).delete()
+            total += by_model.get(TaskExecution._meta.label, 0)
             self.stdout.write(f"Deleted {total} so far…")
-        self.stdout.write(self.style.SUCCESS(f"Deleted {total} execution(s) older than {older_than:g} day(s)."))
+        # Workflow runs none of whose executions is left.
+        emptied, _ = WorkflowRun.objects.filter(
+            created_at__lt=now() - timedelta(days=older_than), executions__isnull=True
+        ).delete()
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Deleted {total} execution(s) older than {older_than:g} day(s), and {emptied} workflow run(s) "
+                "left without any."
+            )
+        )
 
     def _report(self, old: QuerySet, older_than: float) -> None:
         """Say what a run without --dry-run would delete: how many, by status."""
