@@ -433,6 +433,8 @@ if TASKHUB_DB_PREPARE and DATABASES["default"]["ENGINE"] == "django.db.backends.
 # Retries due further ahead than this (seconds) are held in the database and
 # sent by the reconciler when due, so no long ETA sits in the broker.
 TASKHUB_MAX_ETA = env_number("TASKHUB_MAX_ETA", 600, minimum=0)
+# TaskHub: how often a launch that waits for another task (wait_for_task) looks again (seconds)
+TASKHUB_WATCH_POLL = env_number("TASKHUB_WATCH_POLL", 5, minimum=0.1)
 # How long a worker keeps trying to write a finished execution's outcome
 # while the database is unreachable (seconds).
 TASKHUB_FINAL_WRITE_RETRY = env_number("TASKHUB_FINAL_WRITE_RETRY", 300, minimum=0)

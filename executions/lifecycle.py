@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils.timezone import now
 
-from executions import concurrency, messaging, rules, workflows
+from executions import concurrency, messaging, rules, watches, workflows
 from executions.confine import Limits
 from executions.db import drop_connection
 from executions.hooks import hooks_for
@@ -233,16 +233,32 @@ def save_artifacts(execution: TaskExecution, files: list) -> None:
 def _claim_limited_or_explain(
     execution_id: int, at: datetime, *, worker: str, celery_task_id: str
 ) -> TaskExecution | None:
-    """Claim a due row of a task with a concurrency limit (executions.concurrency), or say why the message was not ours."""
+    """Claim a due row of a task with a concurrency limit or a task to wait for, or say why the message was not ours.
+
+    (executions.concurrency, executions.watches)
+    """
     row = TaskExecution.objects.filter(pk=execution_id).select_related("task").first()
     if row is None:
         logger.warning("Execution %s does not exist (deleted?); message ignored.", execution_id)
-    elif row.status == Status.PENDING and row.task.max_concurrency and row.scheduled_for <= at + CLAIM_CLOCK_TOLERANCE:
-        return with_db_retry(
+    elif (
+        row.status == Status.PENDING
+        and (row.task.max_concurrency or row.task.wait_for_task_id)
+        and row.scheduled_for <= at + CLAIM_CLOCK_TOLERANCE
+    ):
+        wait = watches.verdict(row, at=at)
+        if not wait.ready and not wait.failure:
+            watches.wait_again(row, at=at)
+            return None
+        claimed = with_db_retry(
             f"claiming execution {execution_id}",
             lambda: concurrency.claim_limited(row, worker=worker, celery_task_id=celery_task_id, due_by=at),
             deadline=time.monotonic() + CLAIM_DB_RETRY,
         )
+        if claimed is not None and wait.failure:
+            fields = {"error": wait.failure, "decided_by": "wait_for_task: the wait timed out, not retried"}
+            finish(claimed, Status.FAILED, fields, retryable=False)
+            return None
+        return claimed
     elif row.status == Status.PENDING:
         # Delivered before it is due (a message sent early by hand or a clock skew):
         # send it again for its due time.

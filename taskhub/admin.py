@@ -372,10 +372,12 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
             },
         ),
         ("Concurrency", {"fields": ("max_concurrency", "overlap_policy", "pause_after_exhausted", "owner")}),
+        ("Wait for another task", {"fields": ("wait_for_task", "wait_for_status", "wait_timeout")}),
         ("Routing", {"fields": ("queue", "priority")}),
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
     raw_id_fields = ("owner",)
+    autocomplete_fields = ("wait_for_task",)
     filter_horizontal = ("tags",)
 
     class Media:

@@ -26,7 +26,7 @@ COMMAND_MAX_CHARS = 65536
 
 
 # Fields in whole seconds that also take a human form ("90s", "5m", "1h30m"); answers give seconds.
-DURATION_FIELDS = ("timeout", "kill_grace", "retry_delay", "retry_delay_max", "cpu_limit_seconds")
+DURATION_FIELDS = ("timeout", "kill_grace", "retry_delay", "retry_delay_max", "cpu_limit_seconds", "wait_timeout")
 
 
 @extend_schema_field({"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "example": "1h30m"}]})
@@ -103,6 +103,7 @@ class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
             "enabled", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout",
             "max_concurrency", "overlap_policy", "pause_after_exhausted", "paused_reason", "owner", "tags",
             "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "isolated", "resources",
+            "wait_for_task", "wait_for_status", "wait_timeout",
             "downstream", "created_at", "updated_at", "schedules",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]

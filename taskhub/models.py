@@ -188,6 +188,12 @@ class OverlapPolicy(models.TextChoices):
     REPLACE = "replace", "Replace: cancel the running one, then start"
 
 
+class WaitState(models.TextChoices):
+    SUCCEEDED = "succeeded", "has succeeded"
+    FAILED = "failed", "has failed (after its last attempt)"
+    FINISHED = "finished", "has finished, either way"
+
+
 class Tag(models.Model):
     """A label on tasks, for finding and filtering them."""
 
@@ -373,6 +379,24 @@ class Task(models.Model):
         help_text="Run it in bubblewrap: no network, the file system read-only except its working directory, "
         "a private /tmp. Fails with the reason on a worker host without bwrap.",
     )
+    # A watch (executions/watches.py): each launch waits for another task's latest run.
+    wait_for_task = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Each launch waits until this task's latest run is in the state below before it runs.",
+    )
+    wait_for_status = models.CharField(
+        max_length=12, choices=WaitState.choices, default=WaitState.SUCCEEDED, db_default=WaitState.SUCCEEDED
+    )
+    wait_timeout = models.PositiveIntegerField(
+        default=3600,
+        db_default=3600,
+        validators=bounded("The wait timeout", 1, TIMEOUT_MAX, " seconds"),
+        help_text="Seconds a launch waits; after it, the execution fails with the reason.",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -407,6 +431,8 @@ class Task(models.Model):
                     errors.setdefault("command", []).append("Enter a command to run.")
         if self.working_dir and not self.working_dir.startswith("/"):
             errors.setdefault("working_dir", []).append("Use an absolute path (starting with /).")
+        if self.wait_for_task_id is not None and self.wait_for_task_id == self.pk:
+            errors.setdefault("wait_for_task", []).append("A task cannot wait for its own runs.")
         if errors:
             raise ValidationError(errors)
 
