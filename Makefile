@@ -16,6 +16,10 @@ AMQP_TESTS := tests/test_rabbitmq.py tests/test_recovery_checks.py tests/test_ha
 	tests/test_worker.py::test_cancelling_a_running_execution_stops_it_within_two_seconds_plus_grace \
 	tests/test_worker.py::test_a_beat_schedule_fires_and_its_executions_carry_trigger_schedule
 
+# The main pass runs in this many processes: most tests wait on real workers and
+# commands, so two processes on two cores take little more than half the time.
+TEST_PROCESSES ?= 2
+
 .PHONY: run install chromium test lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -45,7 +49,7 @@ lint: install
 test: install chromium lint
 	$(PY) manage.py makemigrations --check --dry-run --skip-checks
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
-		$(VENV)/bin/pytest -m "not embedded"
+		$(VENV)/bin/pytest -m "not embedded" -n $(TEST_PROCESSES) --dist worksteal
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$(TEST_AMQP_URL) \
 		$(VENV)/bin/pytest -m "not embedded" $(AMQP_TESTS)
 	env -u DATABASE_URL -u CELERY_BROKER_URL TASKHUB_VAR_DIR=$(CURDIR)/var/test-embedded \

@@ -34,6 +34,34 @@ def pytest_configure(config):
     prepare_var_dir()
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_newgateway(gateway) -> None:
+    """Give each pytest-xdist process a Redis database of its own, before it reads its settings.
+
+    Its workers must not take the other process's run messages, nor its
+    purge drop them. (pytest-django gives each its own test database.)
+    """
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if url.startswith(("redis://", "rediss://")):
+        gateway.remote_exec(
+            f"import os; os.environ['CELERY_BROKER_URL'] = {brokers.redis_db_for(url, gateway.id)!r}"
+        ).waitclose()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker) -> None:
+    """Under pytest-xdist, number each process's executions from a range of its own.
+
+    Tests find a command's processes by the execution id in their
+    environment; another process's execution with the same id must not match.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            start = (int(worker[2:]) + 1) * 1_000_000_000
+            cursor.execute("SELECT setval(pg_get_serial_sequence('executions_taskexecution', 'id'), %s)", [start])
+
+
 @pytest.fixture(
     params=[
         pytest.param("server", id="server"),

@@ -6,7 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
 
@@ -85,3 +85,14 @@ def queued_run_ids(url: str, queue: str = "default") -> list[int]:
         for raw in client.lrange(key, 0, -1):
             ids.append(_execution_id(base64.b64decode(json.loads(raw)["body"])))
     return sorted(ids)
+
+
+def redis_db_for(url: str, xdist_worker: str) -> str:
+    """``url`` with the Redis database that pytest-xdist process ``xdist_worker`` ("gw0", "gw1"…) uses.
+
+    Counted on from the given database, wrapping within Redis's 16.
+    """
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    db = (base + 1 + int(xdist_worker.removeprefix("gw"))) % 16
+    return urlunsplit(parts._replace(path=f"/{db}"))
