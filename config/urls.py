@@ -11,6 +11,7 @@ from executions.api import ExecutionViewSet
 from executions.workflow_api import WorkflowRunViewSet
 from taskhub.api import TaskViewSet
 from taskhub.metrics import metrics_view
+from taskhub.suite_api import SuiteViewSet
 
 admin.site.site_header = "TaskHub"
 admin.site.site_title = "TaskHub"
@@ -21,6 +22,7 @@ router = DefaultRouter()
 router.register("tasks", TaskViewSet, basename="task")
 router.register("executions", ExecutionViewSet, basename="execution")
 router.register("workflow-runs", WorkflowRunViewSet, basename="workflowrun")
+router.register("suites", SuiteViewSet, basename="suite")
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils.timezone import now
 
-from executions import concurrency, messaging, rules, watches, workflows
+from executions import concurrency, messaging, rules, suites, watches, workflows
 from executions.confine import Limits
 from executions.db import drop_connection
 from executions.hooks import hooks_for
@@ -46,6 +46,8 @@ T = TypeVar("T")
 # How long a claim waits for the database to come back (seconds); after that
 # the message fails and the reconciler sends it again.
 CLAIM_DB_RETRY = 15
+# A suite task's message that a host where its suite failed sends back: due again this much later (seconds).
+SUITE_RESEND = 0.5
 
 
 class RetryRefused(Exception):
@@ -210,7 +212,7 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
             "as a new attempt (not counted against the retries)."
         )
         fields["decided_by"] = "handed back at its worker's warm shutdown: runs again, not counted as a retry"
-    return with_db_retry(
+    outcome = with_db_retry(
         f"recording the outcome of execution {execution_id}",
         lambda: finish(
             execution,
@@ -222,6 +224,12 @@ def execute(execution_id: int, *, worker: str, celery_task_id: str) -> Outcome |
         ),
         deadline=time.monotonic() + settings.TASKHUB_FINAL_WRITE_RETRY,
     )
+    if execution.task.suite_id:
+        try:
+            suites.clean_up_if_done(execution.task.suite_id, worker)
+        except Exception:  # the outcome stands; the worker's liveness tick tries again
+            logger.exception("Suite %s: cleanup on %s failed", execution.task.suite_id, worker)
+    return outcome
 
 
 def save_artifacts(execution: TaskExecution, files: list) -> None:
@@ -233,29 +241,38 @@ def save_artifacts(execution: TaskExecution, files: list) -> None:
 def _claim_limited_or_explain(
     execution_id: int, at: datetime, *, worker: str, celery_task_id: str
 ) -> TaskExecution | None:
-    """Claim a due row of a task with a concurrency limit or a task to wait for, or say why the message was not ours.
+    """Claim a due row of a task with a concurrency limit, a task to wait for or a suite; or say why not.
 
-    (executions.concurrency, executions.watches)
+    (executions.concurrency, executions.watches, executions.suites)
     """
     row = TaskExecution.objects.filter(pk=execution_id).select_related("task").first()
     if row is None:
         logger.warning("Execution %s does not exist (deleted?); message ignored.", execution_id)
     elif (
         row.status == Status.PENDING
-        and (row.task.max_concurrency or row.task.wait_for_task_id)
+        and (row.task.max_concurrency or row.task.wait_for_task_id or row.task.suite_id)
         and row.scheduled_for <= at + CLAIM_CLOCK_TOLERANCE
     ):
         wait = watches.verdict(row, at=at)
         if not wait.ready and not wait.failure:
             watches.wait_again(row, at=at)
             return None
+        failure = wait.failure
+        if not failure and row.task.suite_id:
+            suite = suites.prepare(row.task, host=worker)
+            if not suite.ready and suites.host_left(row.task):
+                logger.info("Execution %s: %s; sent back for another worker host.", execution_id, suite.reason)
+                messaging.send_again_in(row, SUITE_RESEND, at=now())
+                return None
+            if not suite.ready:
+                failure = f"No worker host can run it: {suite.reason}; clear the suite's failed hosts in the admin."
         claimed = with_db_retry(
             f"claiming execution {execution_id}",
             lambda: concurrency.claim_limited(row, worker=worker, celery_task_id=celery_task_id, due_by=at),
             deadline=time.monotonic() + CLAIM_DB_RETRY,
         )
-        if claimed is not None and wait.failure:
-            fields = {"error": wait.failure, "decided_by": "wait_for_task: the wait timed out, not retried"}
+        if claimed is not None and failure:
+            fields = {"error": failure, "decided_by": "not run: what it waits for did not come; not retried"}
             finish(claimed, Status.FAILED, fields, retryable=False)
             return None
         return claimed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import datetime
 
 from celery import bootsteps
@@ -33,6 +34,7 @@ class Liveness(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.tref = None
         self.started_at: datetime | None = None
+        self.suites_thread: threading.Thread | None = None
 
     def start(self, worker) -> None:
         self.started_at = now()
@@ -71,6 +73,25 @@ class Liveness(bootsteps.StartStopStep):
             # Never let a database error stop the timer: the next tick tries again.
             logger.exception("Could not record that worker %s is alive", worker.hostname)
             close_old_connections()
+        self.clean_up_suites(worker.hostname)
+
+    def clean_up_suites(self, hostname: str) -> None:
+        """Suites whose work on this host ended while their last tasks ran elsewhere: clean up, off the timer."""
+        if self.suites_thread is not None and self.suites_thread.is_alive():
+            return
+        self.suites_thread = threading.Thread(target=_clean_up_suites, args=(hostname,), daemon=True)
+        self.suites_thread.start()
+
+
+def _clean_up_suites(hostname: str) -> None:
+    from executions import suites
+
+    try:
+        suites.clean_up_idle(hostname)
+    except Exception:
+        logger.exception("Could not clean up idle suites on %s", hostname)
+    finally:
+        close_old_connections()
 
 
 @worker_init.connect

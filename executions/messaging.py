@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from celery import current_app
 from django.conf import settings
@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils.timezone import now
 from kombu.exceptions import BatchPublishError
 
-from executions.models import TaskExecution
+from executions.models import Status, TaskExecution
 
 logger = logging.getLogger("executions")
 
@@ -78,6 +78,14 @@ def send(execution: TaskExecution, *, at: datetime | None = None) -> bool:
         logger.exception("Could not send execution %s to the broker; the reconciler will send it again.", execution.pk)
         return False
     return True
+
+
+def send_again_in(execution: TaskExecution, seconds: float, *, at: datetime) -> None:
+    """Make a pending ``execution`` due ``seconds`` from ``at`` and send its message for then (it waits, unclaimed)."""
+    due = at + timedelta(seconds=seconds)
+    if TaskExecution.objects.filter(pk=execution.pk, status=Status.PENDING).update(scheduled_for=due, enqueued_at=at):
+        execution.scheduled_for = due
+        send(execution, at=at)
 
 
 def send_on_commit(execution: TaskExecution) -> None:

@@ -509,6 +509,67 @@ class Artifact(models.Model):
         return self.name
 
 
+class SuiteHostState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROVISIONING = "provisioning", "Provisioning"
+    RUNNING = "running", "Running"
+    CLEANING_UP = "cleaning_up", "Cleaning up"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed: gets no more of the suite's work"
+
+
+class SuiteHost(models.Model):
+    """A suite on one worker host (executions.suites): its state there, and why it failed."""
+
+    suite = models.ForeignKey("taskhub.Suite", on_delete=models.CASCADE, related_name="hosts")
+    host = models.CharField(max_length=255, help_text="The worker's node name, e.g. celery@host.")
+    state = models.CharField(max_length=16, choices=SuiteHostState.choices, default=SuiteHostState.PENDING)
+    failures = models.PositiveIntegerField(default=0, help_text="How many times provision failed on this host.")
+    failure_type = models.CharField(max_length=100, blank=True, default="", help_text="exit code, timeout, …")
+    error = models.TextField(blank=True, default="")
+    background_pid = models.IntegerField(null=True, blank=True, help_text="The background hook's process group.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["suite_id", "host"]
+        verbose_name = "suite on a host"
+        verbose_name_plural = "suites on hosts"
+        constraints = [models.UniqueConstraint(fields=["suite", "host"], name="suitehost_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.suite} on {self.host}"
+
+
+class HookKind(models.TextChoices):
+    PROVISION = "provision", "Provision"
+    BACKGROUND = "background", "Background"
+    CLEANUP = "cleanup", "Cleanup"
+
+
+class HookRun(models.Model):
+    """One run of a suite's hook on a host, recorded like an execution."""
+
+    suite_host = models.ForeignKey(SuiteHost, on_delete=models.CASCADE, related_name="hook_runs")
+    kind = models.CharField(max_length=12, choices=HookKind.choices)
+    status = models.CharField(
+        max_length=16, default="running", help_text="running, succeeded, failed, timeout, stopped"
+    )
+    exit_code = models.IntegerField(null=True, blank=True)
+    signal = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(blank=True, default="")
+    stderr = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    pid = models.IntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(default=now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.suite_host.host}: {self.status}"
+
+
 class WorkflowRun(models.Model):
     """Everything one root launch of a task with downstream tasks set off (executions.workflows).
 

@@ -42,7 +42,7 @@ TASK_COLUMNS = (
     "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout", "max_concurrency",
     "overlap_policy", "pause_after_exhausted", "paused_reason", "owner_id", "created_at", "updated_at",
     "has_downstream", "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "resources",
-    "isolated", "wait_for_task_id", "wait_for_status", "wait_timeout",
+    "isolated", "wait_for_task_id", "wait_for_status", "wait_timeout", "suite_id",
 )  # fmt: skip
 # Columns the database hands back as JSON text (Django reads jsonb as text too).
 _JSON_EXECUTION = tuple(i for i, name in enumerate(EXECUTION_COLUMNS) if name in ("argv", "env"))
@@ -70,12 +70,12 @@ _CLAIM_RETURNING = (
     f"RETURNING {', '.join(f'e.{c}' for c in EXECUTION_COLUMNS)}, {', '.join(f't.{c}' for c in TASK_COLUMNS)}"
 )
 # PostgreSQL: claim a pending, due row and hand it back with its task, in one
-# round trip; only for a task without a concurrency limit or a task to wait
-# for (the caller takes those claims to executions/concurrency.py and
-# executions/watches.py).
+# round trip; only for a task without a concurrency limit, a task to wait
+# for or a suite (the caller takes those claims to executions/concurrency.py,
+# executions/watches.py and executions/suites.py).
 CLAIM_AND_LOAD = (
     f"UPDATE {EXECUTIONS} e SET {_CLAIM_SET} FROM {TASKS} t WHERE {_CLAIM_WHERE} AND t.id = e.task_id "
-    f"AND t.max_concurrency = 0 AND t.wait_for_task_id IS NULL {_CLAIM_RETURNING}"
+    f"AND t.max_concurrency = 0 AND t.wait_for_task_id IS NULL AND t.suite_id IS NULL {_CLAIM_RETURNING}"
 )
 # PostgreSQL: the same for any task, run with the task's row locked and a free slot counted.
 CLAIM_AND_LOAD_LIMITED = (
@@ -85,7 +85,8 @@ CLAIM_AND_LOAD_LIMITED = (
 # SQLite: the same claims; the caller reads the row and its task after them.
 CLAIM = (
     f"UPDATE {EXECUTIONS} AS e SET {_CLAIM_SET} WHERE {_CLAIM_WHERE} "
-    f"AND (SELECT t.max_concurrency = 0 AND t.wait_for_task_id IS NULL FROM {TASKS} t WHERE t.id = e.task_id)"
+    f"AND (SELECT t.max_concurrency = 0 AND t.wait_for_task_id IS NULL AND t.suite_id IS NULL FROM {TASKS} t "
+    "WHERE t.id = e.task_id)"
 )
 CLAIM_LIMITED = f"UPDATE {EXECUTIONS} AS e SET {_CLAIM_SET} WHERE {_CLAIM_WHERE}"
 

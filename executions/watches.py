@@ -10,7 +10,7 @@ not retried, with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 
@@ -56,7 +56,4 @@ def verdict(row: TaskExecution, *, at: datetime) -> Verdict:
 
 def wait_again(row: TaskExecution, *, at: datetime) -> None:
     """Make ``row`` due again after TASKHUB_WATCH_POLL and send its message for then."""
-    due = at + timedelta(seconds=settings.TASKHUB_WATCH_POLL)
-    if TaskExecution.objects.filter(pk=row.pk, status=Status.PENDING).update(scheduled_for=due, enqueued_at=at):
-        row.scheduled_for = due
-        messaging.send(row, at=at)
+    messaging.send_again_in(row, settings.TASKHUB_WATCH_POLL, at=at)

@@ -21,6 +21,7 @@ from django.utils.text import Truncator
 from django.utils.timezone import now
 
 import taskhub.celery_admin  # noqa: F401  (replaces django-celery-beat's and -results' admins)
+import taskhub.suite_admin  # noqa: F401  (suites and their state on worker hosts)
 from executions import console
 from executions.models import Status, TaskExecution, Trigger
 from taskhub import schedules
@@ -372,7 +373,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
             },
         ),
         ("Concurrency", {"fields": ("max_concurrency", "overlap_policy", "pause_after_exhausted", "owner")}),
-        ("Wait for another task", {"fields": ("wait_for_task", "wait_for_status", "wait_timeout")}),
+        ("Workflow", {"fields": ("suite", "wait_for_task", "wait_for_status", "wait_timeout")}),
         ("Routing", {"fields": ("queue", "priority")}),
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )

@@ -188,6 +188,77 @@ class OverlapPolicy(models.TextChoices):
     REPLACE = "replace", "Replace: cancel the running one, then start"
 
 
+HOOK_KEYS = {"command", "argv", "env", "working_dir", "timeout"}
+
+
+def validate_hook(value: object) -> None:
+    """Check a suite hook: {"command": "..."} or {"argv": [...]}, with optional env, working_dir and timeout."""
+    if value is None:
+        return
+    example = '{"command": "make provision", "timeout": 600}'
+    if not isinstance(value, dict):
+        raise ValidationError(f"A hook is an object such as {example}.", code="invalid_hook")
+    problems = []
+    unknown = set(value) - HOOK_KEYS
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; use {', '.join(sorted(HOOK_KEYS))}")
+    command, argv = value.get("command"), value.get("argv")
+    if (command is None) == (argv is None):
+        problems.append('give either "command" (a command line) or "argv" (a list of strings)')
+    elif command is not None and (not isinstance(command, str) or not _splittable(command) or not _split(command)):
+        problems.append('"command" must be a command line that splits into words')
+    elif argv is not None and (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)):
+        problems.append('"argv" must be a non-empty list of strings')
+    try:
+        validate_env(value.get("env", {}))
+    except ValidationError as exc:
+        problems.extend(f"env: {m}" for m in exc.messages)
+    working_dir = value.get("working_dir", "")
+    if not isinstance(working_dir, str) or (working_dir and not working_dir.startswith("/")):
+        problems.append('"working_dir" must be an absolute path')
+    timeout = value.get("timeout", 600)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= TIMEOUT_MAX:
+        problems.append(f'"timeout" must be whole seconds from 1 to {TIMEOUT_MAX}')
+    if problems:
+        raise ValidationError("; ".join(problems) + ".", code="invalid_hook")
+
+
+class Suite(models.Model):
+    """Tasks that share hooks on each worker host: provision before them, background beside them, cleanup after."""
+
+    name = models.CharField(max_length=200, unique=True, validators=[validate_name])
+    description = models.TextField(blank=True, default="")
+    provision = models.JSONField(
+        null=True,
+        blank=True,
+        validators=[validate_hook],
+        help_text='Runs once on a worker host before any of the suite\'s tasks run there, e.g. {"command": '
+        '"make provision", "timeout": 600}; if it fails, that host gets no more of the suite\'s work until '
+        "its record is cleared.",
+    )
+    background = models.JSONField(
+        null=True,
+        blank=True,
+        validators=[validate_hook],
+        help_text="Started after provision, beside the suite's tasks on that host; its whole process group is "
+        "stopped when the suite's work there is done.",
+    )
+    cleanup = models.JSONField(
+        null=True,
+        blank=True,
+        validators=[validate_hook],
+        help_text="Runs after the suite's tasks on that host finish, whatever their outcome.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class WaitState(models.TextChoices):
     SUCCEEDED = "succeeded", "has succeeded"
     FAILED = "failed", "has failed (after its last attempt)"
@@ -396,6 +467,14 @@ class Task(models.Model):
         db_default=3600,
         validators=bounded("The wait timeout", 1, TIMEOUT_MAX, " seconds"),
         help_text="Seconds a launch waits; after it, the execution fails with the reason.",
+    )
+    suite = models.ForeignKey(
+        Suite,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        help_text="Its runs take the suite's hooks on the worker host that runs them (executions/suites.py).",
     )
 
     class Meta:

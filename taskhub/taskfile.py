@@ -221,10 +221,10 @@ FIELDS: tuple[FileField, ...] = (
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 # Model fields a file leaves alone: the id, timestamps, and state the engine sets
-# (has_downstream follows the task's links, which files do not carry yet, nor a task to wait for).
+# (has_downstream follows the task's links, which files do not carry yet, nor a task to wait for or a suite).
 NOT_IN_FILE = frozenset(
     {"id", "created_at", "updated_at", "paused_reason", "has_downstream", "wait_for_task", "wait_for_status",
-     "wait_timeout"}
+     "wait_timeout", "suite"}
 )  # fmt: skip
 # File fields kept in other tables: saved after the task, by their own functions.
 RELATED = frozenset({"schedules"})

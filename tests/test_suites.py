@@ -1,0 +1,113 @@
+"""Suites on two real workers: provision once per host, a failed host excluded, background beside the tasks, cleanup after."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from executions.models import HookKind, HookRun, Status, SuiteHost, SuiteHostState, TaskExecution
+from taskhub.models import Suite
+from taskhub.services import launch
+from tests.conftest import finished, group_members, wait_for
+
+# Each hook appends a line to HOOK_LOG; provision fails (exit 3) on hosts whose name starts with "bad".
+PROVISION = (
+    "import os, sys; host = os.environ['TASKHUB_HOST']; "
+    "open(os.environ['HOOK_LOG'], 'a').write(f'provision {host}\\n'); sys.exit(3 if host.startswith('bad') else 0)"
+)
+BACKGROUND = (
+    "import os, time; open(os.path.join(os.environ['PID_DIR'], 'background.pid'), 'w').write(str(os.getpid())); "
+    "time.sleep(600)"
+)
+CLEANUP = "import os; open(os.environ['HOOK_LOG'], 'a').write(f\"cleanup {os.environ['TASKHUB_HOST']}\\n\")"
+# A suite task that succeeds only while the background is alive.
+SEES_BACKGROUND = (
+    "python3 -c \"import os, time; path = os.path.join(os.environ['PID_DIR'], 'background.pid'); "
+    "pid = int(open(path).read()); os.kill(pid, 0); time.sleep(0.5); print('background', pid)\""
+)
+
+
+def hook(code: str, **env: str) -> dict:
+    return {"argv": ["python3", "-c", code], "env": env, "timeout": 60}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_suite_on_two_workers_provisions_once_per_host_and_excludes_the_host_where_it_failed(
+    celery_processes, make_task, tmp_path
+):
+    log, pid_dir = tmp_path / "hooks.log", str(tmp_path)
+    suite = Suite.objects.create(
+        name="nightly",
+        provision=hook(PROVISION, HOOK_LOG=str(log)),
+        background=hook(BACKGROUND, PID_DIR=pid_dir),
+        cleanup=hook(CLEANUP, HOOK_LOG=str(log)),
+    )
+    checkers = [make_task(command=SEES_BACKGROUND, env={"PID_DIR": pid_dir}, suite=suite) for _ in range(3)]
+    failing = make_task(command="python3 -c 'exit(1)'", suite=suite)
+
+    # The bad host alone: provision fails there, and with no other host for the queue the execution fails, saying why.
+    bad = f"bad-{os.getpid()}@%h"
+    celery_processes(name=bad)
+    alone = finished(launch(checkers[0]), timeout=60)
+    assert alone.status == Status.FAILED and alone.stdout == ""
+    assert "No worker host can run it" in alone.error and "provision failed" in alone.error, alone.error
+    bad_row = SuiteHost.objects.get(suite=suite, host__startswith="bad-")
+    assert (bad_row.state, bad_row.failures, bad_row.failure_type) == (SuiteHostState.FAILED, 1, "exit code 3")
+
+    # With a good host beside it, the bad one sends the suite's work over and the good one runs all of it.
+    celery_processes(name=f"good-{os.getpid()}@%h", purge=False)
+    runs = [launch(task) for task in (*checkers, failing)]
+    for execution in runs:
+        finished(execution, timeout=90)
+    assert all(e.worker.startswith("good-") for e in runs), [e.worker for e in runs]
+    assert [e.status for e in runs] == [Status.SUCCEEDED] * 3 + [Status.FAILED]
+    assert all(e.stdout.startswith("background ") for e in runs[:3])  # the background was alive beside them
+
+    good_row = wait_for(
+        lambda: SuiteHost.objects.filter(suite=suite, host__startswith="good-", state=SuiteHostState.DONE).first(),
+        timeout=60,
+        what="cleanup on the good host",
+    )
+    background_pid = int(open(os.path.join(pid_dir, "background.pid")).read())
+    assert not group_members(background_pid)  # the background's whole group is gone
+    kinds = list(HookRun.objects.filter(suite_host=good_row).order_by("id").values_list("kind", "status"))
+    assert kinds == [
+        (HookKind.PROVISION, "succeeded"),
+        (HookKind.BACKGROUND, "stopped"),
+        (HookKind.CLEANUP, "succeeded"),  # even though a task failed
+    ]
+    lines = log.read_text().splitlines()
+    assert sorted(line.split("-")[0] for line in lines) == ["cleanup good", "provision bad", "provision good"]
+    bad_row.refresh_from_db()
+    assert bad_row.failures == 1  # excluded: never provisioned again
+    assert not TaskExecution.objects.filter(status__in=[Status.PENDING, Status.RUNNING]).exists()
+
+
+@pytest.mark.django_db
+def test_clearing_a_failed_host_in_the_admin_gives_it_the_suite_again(admin_client):
+    suite = Suite.objects.create(name="nightly", provision=hook("pass"))
+    failed = SuiteHost.objects.create(suite=suite, host="w1@box", state=SuiteHostState.FAILED, failures=2, error="x")
+
+    admin_client.post("/admin/executions/suitehost/", {"action": "clear", "_selected_action": [failed.pk]}, follow=True)
+
+    failed.refresh_from_db()
+    assert (failed.state, failed.failures, failed.error) == (SuiteHostState.PENDING, 2, "")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "bad_hook, says",
+    [
+        ({"command": "make", "argv": ["make"]}, "either"),
+        ({"argv": []}, "non-empty list"),
+        ({"command": "make", "timeout": 0}, "timeout"),
+        ({"command": "make", "shell": True}, "unknown key"),
+        ({"command": "make", "working_dir": "relative"}, "absolute"),
+    ],
+)
+def test_a_hook_that_cannot_run_is_refused_when_the_suite_is_saved(bad_hook, says):
+    with pytest.raises(ValidationError) as caught:
+        Suite(name="s", provision=bad_hook).full_clean()
+    assert says in str(caught.value)
