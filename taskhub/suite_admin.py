@@ -59,7 +59,13 @@ class SuiteHostAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    @admin.action(description="Clear the failed record: the host takes the suite's work again (provision runs again)")
+    def has_delete_permission(self, request: HttpRequest, obj: SuiteHost | None = None) -> bool:
+        return False  # the record of a host's failures stays; clearing is the action
+
+    @admin.action(
+        description="Clear the failed record: the host takes the suite's work again (provision runs again)",
+        permissions=["change"],
+    )
     def clear(self, request: HttpRequest, queryset: QuerySet[SuiteHost]) -> None:
         cleared = queryset.filter(state=SuiteHostState.FAILED).update(state=SuiteHostState.PENDING, error="")
         messages.success(request, f"{cleared} failed host record(s) cleared; their failure counts are kept.")

@@ -111,3 +111,27 @@ def test_a_hook_that_cannot_run_is_refused_when_the_suite_is_saved(bad_hook, say
     with pytest.raises(ValidationError) as caught:
         Suite(name="s", provision=bad_hook).full_clean()
     assert says in str(caught.value)
+
+
+@pytest.mark.django_db
+def test_the_viewer_group_sees_suites_and_only_the_operator_group_clears_a_failed_host(client, django_user_model):
+    from django.contrib.auth.models import Group
+
+    suite = Suite.objects.create(name="nightly")
+    failed = SuiteHost.objects.create(suite=suite, host="w1@box", state=SuiteHostState.FAILED, failures=1)
+    users = {}
+    for group in ("Viewer", "Operator"):
+        users[group] = django_user_model.objects.create_user(group.lower(), password="pw", is_staff=True)
+        users[group].groups.add(Group.objects.get(name=group))
+
+    client.force_login(users["Viewer"])
+    assert client.get("/admin/taskhub/suite/").status_code == 200
+    assert client.get(f"/admin/executions/suitehost/{failed.pk}/change/").status_code == 200
+    client.post("/admin/executions/suitehost/", {"action": "clear", "_selected_action": [failed.pk]})
+    failed.refresh_from_db()
+    assert failed.state == SuiteHostState.FAILED  # a viewer cannot clear it
+
+    client.force_login(users["Operator"])
+    client.post("/admin/executions/suitehost/", {"action": "clear", "_selected_action": [failed.pk]})
+    failed.refresh_from_db()
+    assert failed.state == SuiteHostState.PENDING
