@@ -114,7 +114,8 @@ def spec_for(execution: TaskExecution) -> CommandSpec:
         secret_values=tuple(str(v) for v in (execution.env or {}).values()),
         limits=limits_of(execution.task),
         resources=tuple(execution.task.resources or ()),
-        artifacts_limit=settings.TASKHUB_ARTIFACTS_LIMIT,
+        # Only for tasks that keep artifacts: making and removing the directory costs every attempt.
+        artifacts_limit=settings.TASKHUB_ARTIFACTS_LIMIT if execution.task.keep_artifacts else 0,
     )
 
 

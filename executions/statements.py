@@ -42,7 +42,7 @@ TASK_COLUMNS = (
     "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout", "max_concurrency",
     "overlap_policy", "pause_after_exhausted", "paused_reason", "owner_id", "created_at", "updated_at",
     "has_downstream", "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "resources",
-    "isolated", "wait_for_task_id", "wait_for_status", "wait_timeout", "suite_id",
+    "keep_artifacts", "isolated", "wait_for_task_id", "wait_for_status", "wait_timeout", "suite_id",
 )  # fmt: skip
 # Columns the database hands back as JSON text (Django reads jsonb as text too).
 _JSON_EXECUTION = tuple(i for i, name in enumerate(EXECUTION_COLUMNS) if name in ("argv", "env"))

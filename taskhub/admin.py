@@ -340,7 +340,7 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     change_form_template = "admin/taskhub/task/change_form.html"
     fieldsets = (
         (None, {"fields": ("name", "description", "enabled", "tags")}),
-        ("Command", {"fields": ("command", "shell", "env", "working_dir", "resources")}),
+        ("Command", {"fields": ("command", "shell", "env", "working_dir", "resources", "keep_artifacts")}),
         (
             "Limits",
             {

@@ -103,6 +103,7 @@ class TaskSerializer(SchedulesMixin, serializers.ModelSerializer):
             "enabled", "success_exit_codes", "retry_exit_codes", "no_retry_exit_codes", "retry_on_timeout",
             "max_concurrency", "overlap_policy", "pause_after_exhausted", "paused_reason", "owner", "tags",
             "memory_limit_mb", "cpu_limit_seconds", "open_files_limit", "process_limit", "isolated", "resources",
+            "keep_artifacts",
             "wait_for_task", "wait_for_status", "wait_timeout", "suite",
             "downstream", "created_at", "updated_at", "schedules",
         ]  # fmt: skip

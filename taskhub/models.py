@@ -444,6 +444,12 @@ class Task(models.Model):
         '"https://example.com/data.csv", "path": "data.csv", "sha256": "…"}]; a failed download or a wrong checksum '
         "fails the attempt, retried by the retry policy.",
     )
+    keep_artifacts = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Give the command an empty directory in TASKHUB_ARTIFACTS_DIR and keep the files it leaves "
+        "there with the execution (up to TASKHUB_ARTIFACTS_LIMIT bytes per attempt).",
+    )
     isolated = models.BooleanField(
         default=False,
         db_default=False,

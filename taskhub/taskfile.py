@@ -194,6 +194,7 @@ FIELDS: tuple[FileField, ...] = (
     FileField("env", _as_is, secret_values=True),
     FileField("working_dir", _text),
     FileField("resources", _as_is),
+    FileField("keep_artifacts", _flag),
     FileField("timeout", _seconds, format_duration),
     FileField("kill_grace", _seconds, format_duration),
     FileField("retry_count", _whole),

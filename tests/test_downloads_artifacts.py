@@ -129,7 +129,7 @@ def small_cap_worker(celery_processes):
 
 @pytest.mark.django_db(transaction=True)
 def test_artifacts_are_listed_kept_within_the_cap_and_downloaded(small_cap_worker, make_task, operator, viewer, client):
-    task = make_task(command=WRITE_ARTIFACTS)
+    task = make_task(command=WRITE_ARTIFACTS, keep_artifacts=True)
 
     execution = finished(launch(task))
 
@@ -155,7 +155,7 @@ def test_artifacts_are_listed_kept_within_the_cap_and_downloaded(small_cap_worke
 
 @pytest.mark.django_db(transaction=True)
 def test_artifacts_are_purged_with_their_execution(worker, make_task):
-    execution = finished(launch(make_task(command=WRITE_ARTIFACTS)))
+    execution = finished(launch(make_task(command=WRITE_ARTIFACTS, keep_artifacts=True)))
     assert Artifact.objects.filter(execution=execution).count() == 2
     TaskExecution.objects.filter(pk=execution.pk).update(created_at=execution.created_at.replace(year=2000))
 
@@ -166,10 +166,13 @@ def test_artifacts_are_purged_with_their_execution(worker, make_task):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_attempt_that_leaves_no_artifacts_writes_none(worker, make_task):
-    execution = finished(
-        launch(make_task(command="python3 -c \"import os; print(os.environ['TASKHUB_ARTIFACTS_DIR'])\""))
-    )
+def test_an_attempt_that_leaves_no_artifacts_writes_none_and_a_task_that_keeps_none_gets_no_directory(
+    worker, make_task
+):
+    show = "python3 -c \"import os; print(os.environ.get('TASKHUB_ARTIFACTS_DIR', 'none'))\""
+    keeping = finished(launch(make_task(command=show, keep_artifacts=True)))
+    not_keeping = finished(launch(make_task(command=show)))
 
-    assert execution.status == Status.SUCCEEDED and execution.stdout.strip()
+    assert keeping.status == Status.SUCCEEDED and keeping.stdout.startswith("/")
+    assert not_keeping.stdout == "none\n"  # it pays nothing for artifacts
     assert not Artifact.objects.exists()

@@ -135,3 +135,37 @@ def test_the_viewer_group_sees_suites_and_only_the_operator_group_clears_a_faile
     client.post("/admin/executions/suitehost/", {"action": "clear", "_selected_action": [failed.pk]})
     failed.refresh_from_db()
     assert failed.state == SuiteHostState.PENDING
+
+
+@pytest.mark.django_db
+def test_the_api_creates_suites_refuses_bad_hooks_and_shows_each_host_with_its_hook_runs(admin_user, make_task):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    created = api.post(
+        "/api/suites/",
+        {"name": "nightly", "provision": {"command": "make provision", "timeout": 120}, "cleanup": {"argv": ["true"]}},
+        format="json",
+    )
+    refused = api.post("/api/suites/", {"name": "broken", "background": {"command": ""}}, format="json")
+
+    assert created.status_code == 201, created.content
+    assert refused.status_code == 400 and "background" in refused.json()
+    suite = Suite.objects.get(name="nightly")
+    task = make_task(suite=suite)
+    row = SuiteHost.objects.create(suite=suite, host="w1@box", state=SuiteHostState.FAILED, failures=1,
+                                   failure_type="exit code 3", error="provision failed (exit code 3): no disk")  # fmt: skip
+    HookRun.objects.create(suite_host=row, kind=HookKind.PROVISION, status="failed", exit_code=3)
+
+    data = api.get(f"/api/suites/{suite.pk}/").json()
+
+    assert data["tasks"] == [task.pk]
+    (host,) = data["hosts"]
+    assert (host["host"], host["state"], host["failures"], host["failure_type"]) == (
+        "w1@box",
+        "failed",
+        1,
+        "exit code 3",
+    )
+    assert [(r["kind"], r["status"], r["exit_code"]) for r in host["hook_runs"]] == [("provision", "failed", 3)]
