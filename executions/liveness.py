@@ -47,6 +47,7 @@ class Liveness(bootsteps.StartStopStep):
             self.tref = None
         if self.started_at is None:
             return
+        _shut_down_suites(worker.hostname)
         from executions.models import Worker
 
         try:
@@ -81,6 +82,16 @@ class Liveness(bootsteps.StartStopStep):
             return
         self.suites_thread = threading.Thread(target=_clean_up_suites, args=(hostname,), daemon=True)
         self.suites_thread.start()
+
+
+def _shut_down_suites(hostname: str) -> None:
+    # No suite's background outlives the worker that started it.
+    from executions import suites
+
+    try:
+        suites.shut_down(hostname)
+    except Exception:
+        logger.exception("Could not stop the suites on %s at shutdown", hostname)
 
 
 def _clean_up_suites(hostname: str) -> None:

@@ -12,7 +12,8 @@ sends the message back for another host (or fails the execution with the
 reason when no live worker for its queue is left to take it). After each
 outcome on a host, and on the worker's liveness tick, ``clean_up_if_done``
 stops the background's process group and runs cleanup once the host runs
-none of the suite's executions and none is due anywhere.
+none of the suite's executions and none is due anywhere; a worker's
+shutdown does both for every suite still running on it (``shut_down``).
 """
 
 from __future__ import annotations
@@ -220,6 +221,21 @@ def clean_up_idle(host: str) -> None:
             clean_up_if_done(suite_id, host)
         except Exception:
             logger.exception("Suite %s: cleanup on %s failed", suite_id, host)
+
+
+def shut_down(host: str) -> None:
+    """The worker is stopping: stop its suites' backgrounds and run their cleanup, leaving no process behind."""
+    for row in SuiteHost.objects.filter(host=host, state=SuiteHostState.RUNNING).select_related("suite"):
+        try:
+            if SuiteHost.objects.filter(pk=row.pk, state=SuiteHostState.RUNNING).update(
+                state=SuiteHostState.CLEANING_UP
+            ):
+                _stop_background(row)
+                if row.suite.cleanup:
+                    run_hook(row, HookKind.CLEANUP, row.suite.cleanup)
+                SuiteHost.objects.filter(pk=row.pk).update(state=SuiteHostState.DONE, background_pid=None)
+        except Exception:
+            logger.exception("Suite %s: cleanup on %s at shutdown failed", row.suite_id, host)
 
 
 def _is_background(pid: int, row_id: int) -> bool:

@@ -169,3 +169,25 @@ def test_the_api_creates_suites_refuses_bad_hooks_and_shows_each_host_with_its_h
         "exit code 3",
     )
     assert [(r["kind"], r["status"], r["exit_code"]) for r in host["hook_runs"]] == [("provision", "failed", 3)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_shuts_down_stops_its_suites_background_and_runs_their_cleanup(
+    celery_processes, make_task, tmp_path
+):
+    log, pid_dir = tmp_path / "hooks.log", str(tmp_path)
+    suite = Suite.objects.create(
+        name="nightly", background=hook(BACKGROUND, PID_DIR=pid_dir), cleanup=hook(CLEANUP, HOOK_LOG=str(log))
+    )
+    worker = celery_processes(env={"TASKHUB_SHUTDOWN_GRACE": "1"})
+    long_one = launch(make_task(command="sleep 30", suite=suite))
+    wait_for(lambda: TaskExecution.objects.filter(pk=long_one.pk, status=Status.RUNNING).exists(), what="running")
+    pid_file = os.path.join(pid_dir, "background.pid")
+    background_pid = int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read(), what="background"))
+    assert group_members(background_pid)
+
+    worker.stop()
+
+    assert not group_members(background_pid)  # no suite process outlives its worker
+    assert log.read_text().startswith("cleanup ")
+    assert SuiteHost.objects.get(suite=suite).state == SuiteHostState.DONE
