@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from bench.baseline import QUEUES, TASKS
 from bench.harness import Profiler, Worker, cpu_seconds, percentile
+from executions.confine import live_processes
 from executions.messaging import broker_priority
 from executions.models import Status, TaskExecution
 from taskhub.models import Task
@@ -564,18 +565,7 @@ def _live_groups(pgids: set[int]) -> set[int]:
     reaps it, which on some hosts takes a second or more; it runs no code
     and holds no resources, so it does not count as alive.
     """
-    alive = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z" and int(fields[2]) in pgids:
-            alive.add(int(fields[2]))
-    return alive
+    return {group for _, group, _ in live_processes() if group in pgids}
 
 
 def _statuses(qs) -> dict[str, int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 POLL_INTERVAL = 0.2
@@ -76,9 +77,8 @@ def wrap(argv: list[str], limits: Limits, cwd: str) -> list[str]:
     return prefix + argv
 
 
-def group_usage(pgid: int) -> tuple[int, int]:
-    """The number of live processes in group ``pgid`` and their resident memory together, KiB (Linux /proc)."""
-    count = rss_kb = 0
+def live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, process group, resident pages) of every live process, zombies left out (Linux /proc)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -87,11 +87,15 @@ def group_usage(pgid: int) -> tuple[int, int]:
                 fields = fh.read().rsplit(b")", 1)[1].split()
         except OSError:  # gone meanwhile
             continue
-        # After the name: state, ppid, pgrp, ... rss is the 22nd field after it.
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            count += 1
-            rss_kb += int(fields[21]) * PAGE_KB
-    return count, rss_kb
+        # After the name: state, ppid, pgrp, ...; rss is the 22nd field after it.
+        if fields[0] != b"Z":
+            yield int(entry), int(fields[2]), int(fields[21])
+
+
+def group_usage(pgid: int) -> tuple[int, int]:
+    """The number of live processes in group ``pgid`` and their resident memory together, KiB."""
+    pages = [rss for _, group, rss in live_processes() if group == pgid]
+    return len(pages), sum(pages) * PAGE_KB
 
 
 def over_limit(limits: Limits, pgid: int) -> str:

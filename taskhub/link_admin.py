@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.core.exceptions import ValidationError
-from django.forms.models import BaseInlineFormSet
 
 from taskhub.links import cycle_error
 from taskhub.models import TaskLink
+from taskhub.schedule_admin import OptionalInlineFormSet
 
 
-class DownstreamFormSet(BaseInlineFormSet):
+class DownstreamFormSet(OptionalInlineFormSet):
     """Refuses links that would close a cycle, naming its path, before anything is saved."""
-
-    def __init__(self, data=None, *args, prefix: str | None = None, **kwargs) -> None:
-        total = f"{prefix or self.get_default_prefix()}-TOTAL_FORMS"
-        if data is not None and total not in data:
-            # A task form posted without this part (a script, an older page) changes no link.
-            data = data.copy()
-            data[total] = data[total.replace("TOTAL", "INITIAL")] = "0"
-        super().__init__(data, *args, prefix=prefix, **kwargs)
 
     def clean(self) -> None:
         super().clean()

@@ -49,17 +49,19 @@ class ScheduleForm(forms.ModelForm):
         return data
 
 
-class ScheduleFormSet(BaseInlineFormSet):
-    """Saves through taskhub.schedules, which keeps each schedule's beat row with it."""
+class OptionalInlineFormSet(BaseInlineFormSet):
+    """An inline that a task form may be posted without (a script, a page from before it): then it changes nothing."""
 
     def __init__(self, data=None, *args, prefix: str | None = None, **kwargs) -> None:
         total = f"{prefix or self.get_default_prefix()}-TOTAL_FORMS"
         if data is not None and total not in data:
-            # A task form posted without its schedules part (a script, a page
-            # from before schedules) changes no schedule, rather than failing.
             data = data.copy()
             data[total] = data[total.replace("TOTAL", "INITIAL")] = "0"
         super().__init__(data, *args, prefix=prefix, **kwargs)
+
+
+class ScheduleFormSet(OptionalInlineFormSet):
+    """Saves through taskhub.schedules, which keeps each schedule's beat row with it."""
 
     def save_new(self, form: ScheduleForm, commit: bool = True) -> Schedule:
         return create_schedule(self.instance, form.spec)

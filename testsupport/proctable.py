@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
+from executions.confine import live_processes
 from executions.runner import processes_with_env
 
 
 def group_members(pgid: int) -> list[int]:
     """PIDs of live (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            members.append(int(entry))
-    return members
+    return [pid for pid, group, _ in live_processes() if group == pgid]
 
 
 def processes_of_execution(execution_id: int) -> list[int]:
