@@ -38,6 +38,7 @@ class Liveness(bootsteps.StartStopStep):
 
     def start(self, worker) -> None:
         self.started_at = now()
+        _recover_suites(worker.hostname)
         self.heartbeat(worker)
         self.tref = worker.timer.call_repeatedly(settings.TASKHUB_WORKER_HEARTBEAT, self.heartbeat, (worker,))
 
@@ -82,6 +83,16 @@ class Liveness(bootsteps.StartStopStep):
             return
         self.suites_thread = threading.Thread(target=_clean_up_suites, args=(hostname,), daemon=True)
         self.suites_thread.start()
+
+
+def _recover_suites(hostname: str) -> None:
+    # What a previous life of this worker left of its suites (a killed worker cannot stop their backgrounds).
+    from executions import suites
+
+    try:
+        suites.recover(hostname)
+    except Exception:
+        logger.exception("Could not recover the suites on %s", hostname)
 
 
 def _shut_down_suites(hostname: str) -> None:

@@ -13,7 +13,8 @@ reason when no live worker for its queue is left to take it). After each
 outcome on a host, and on the worker's liveness tick, ``clean_up_if_done``
 stops the background's process group and runs cleanup once the host runs
 none of the suite's executions and none is due anywhere; a worker's
-shutdown does both for every suite still running on it (``shut_down``).
+shutdown does both for every suite still running on it (``shut_down``), and
+a worker that died without it does them when it starts again (``recover``).
 """
 
 from __future__ import annotations
@@ -236,6 +237,25 @@ def shut_down(host: str) -> None:
                 SuiteHost.objects.filter(pk=row.pk).update(state=SuiteHostState.DONE, background_pid=None)
         except Exception:
             logger.exception("Suite %s: cleanup on %s at shutdown failed", row.suite_id, host)
+
+
+def recover(host: str) -> None:
+    """A worker starts under ``host``: stop what its previous life left of its suites and clean up after it.
+
+    A provisioned suite (running, or cleaning up when it died) has its
+    background stopped and its cleanup run; one caught provisioning starts
+    over. Its next suite task provisions again.
+    """
+    unfinished = (SuiteHostState.PROVISIONING, SuiteHostState.RUNNING, SuiteHostState.CLEANING_UP)
+    for row in SuiteHost.objects.filter(host=host, state__in=unfinished).select_related("suite"):
+        try:
+            _stop_background(row)
+            if row.state != SuiteHostState.PROVISIONING and row.suite.cleanup:
+                run_hook(row, HookKind.CLEANUP, row.suite.cleanup)
+            after = SuiteHostState.PENDING if row.state == SuiteHostState.PROVISIONING else SuiteHostState.DONE
+            SuiteHost.objects.filter(pk=row.pk).update(state=after, background_pid=None)
+        except Exception:
+            logger.exception("Suite %s: recovering %s's previous life failed", row.suite_id, host)
 
 
 def _is_background(pid: int, row_id: int) -> bool:

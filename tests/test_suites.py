@@ -191,3 +191,26 @@ def test_a_worker_that_shuts_down_stops_its_suites_background_and_runs_their_cle
     assert not group_members(background_pid)  # no suite process outlives its worker
     assert log.read_text().startswith("cleanup ")
     assert SuiteHost.objects.get(suite=suite).state == SuiteHostState.DONE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_worker_s_suite_background_is_stopped_and_cleaned_up_when_it_starts_again(
+    celery_processes, make_task, tmp_path
+):
+    log, pid_dir = tmp_path / "hooks.log", str(tmp_path)
+    suite = Suite.objects.create(
+        name="nightly", background=hook(BACKGROUND, PID_DIR=pid_dir), cleanup=hook(CLEANUP, HOOK_LOG=str(log))
+    )
+    name = f"same-{os.getpid()}@%h"
+    first = celery_processes(name=name)
+    launch(make_task(command="sleep 30", suite=suite))
+    pid_file = os.path.join(pid_dir, "background.pid")
+    background_pid = int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read(), what="background"))
+
+    first.kill()  # no shutdown: the background, in a session of its own, is left running
+    assert group_members(background_pid)
+    celery_processes(name=name, purge=False)
+
+    wait_for(lambda: not group_members(background_pid), what="the left background stopped")
+    wait_for(lambda: log.exists() and log.read_text().startswith("cleanup "), what="cleanup after the previous life")
+    assert SuiteHost.objects.get(suite=suite).state in (SuiteHostState.DONE, SuiteHostState.RUNNING)
