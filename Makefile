@@ -20,7 +20,7 @@ AMQP_TESTS := tests/test_rabbitmq.py tests/test_recovery_checks.py tests/test_ha
 # commands, so two processes on two cores take little more than half the time.
 TEST_PROCESSES ?= 2
 
-.PHONY: run install chromium test lint bench clean
+.PHONY: run install test-tools test lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "TaskHub needs Python 3.10 or newer")'
@@ -38,15 +38,21 @@ run: install
 	@echo "Starting web, worker and beat (Ctrl-C stops all of them)…"
 	$(VENV)/bin/honcho start
 
-# The browser tests drive Debian's Chromium (Playwright's own browser builds are not downloaded).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+# The browser tests drive Debian's Chromium (Playwright's own browser builds are not downloaded);
+# the isolated-task tests run commands under Debian's bubblewrap.
+test-tools:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install chromium lint
+test: install test-tools lint
 	$(PY) manage.py makemigrations --check --dry-run --skip-checks
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 		$(VENV)/bin/pytest -m "not embedded" -n $(TEST_PROCESSES) --dist worksteal

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import sys
 
 import pytest
 
@@ -71,15 +73,16 @@ def test_a_command_within_its_limits_runs_as_without_them():
     assert (result.outcome, result.exit_code, result.stdout, result.error) == ("succeeded", 0, "True\n", "")
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is not None, reason="this host has bubblewrap")
-def test_an_isolated_command_on_a_host_without_bubblewrap_does_not_start_and_says_why():
+def test_an_isolated_command_on_a_host_without_bubblewrap_does_not_start_and_says_why(monkeypatch, tmp_path):
+    # A search path without bwrap stands for a host without it, whether or not this one has it.
+    monkeypatch.setenv("PATH", str(tmp_path))
     result = run_command(python("print('ran')", Limits(isolate=True)))
 
     assert result.outcome == "not_started" and result.stdout == ""
     assert "bubblewrap (bwrap)" in result.error and "does not have it" in result.error
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="this host has no bubblewrap")
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="this host has no bubblewrap (CI installs it)")
 def test_an_isolated_command_has_no_network_and_cannot_write_outside_its_directory(tmp_path):
     code = (
         "import socket, pathlib\n"
@@ -110,12 +113,24 @@ def test_a_task_memory_limit_fails_its_attempt_with_the_limit_named(worker, make
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_task_asking_for_isolation_on_a_host_without_bubblewrap_fails_with_the_reason(worker, make_task):
-    if shutil.which("bwrap") is not None:
-        pytest.skip("this host has bubblewrap")
+def test_a_task_asking_for_isolation_on_a_host_without_bubblewrap_fails_with_the_reason(celery_processes, make_task):
+    # The worker's search path holds only its virtualenv's programs: no bwrap there.
+    celery_processes(env={"PATH": os.path.dirname(sys.executable)})
     task = make_task(command="echo ran", isolated=True, retry_count=0)
 
     execution = finished(launch(task))
 
     assert execution.status == Status.FAILED and execution.stdout == ""
     assert "bubblewrap" in execution.error, execution.error
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="this host has no bubblewrap (CI installs it)")
+@pytest.mark.django_db(transaction=True)
+def test_an_isolated_task_runs_on_a_real_worker_without_network(worker, make_task):
+    probe = "import socket; s = socket.socket(); s.settimeout(2); print(s.connect_ex(('127.0.0.1', 5432)) == 0)"
+    task = make_task(command=f'python3 -c "{probe}"', isolated=True, retry_count=0)
+
+    execution = finished(launch(task))
+
+    # The same probe outside bubblewrap reaches the database this test itself uses.
+    assert (execution.status, execution.stdout) == (Status.SUCCEEDED, "False\n"), execution.error
