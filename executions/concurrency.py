@@ -110,7 +110,7 @@ def claim_limited(row: TaskExecution, *, worker: str, celery_task_id: str, due_b
         if policy == OverlapPolicy.REPLACE:
             replace_running(task, running, at=at)
         # Waits its turn: the end of a running attempt sends it again.
-        TaskExecution.objects.filter(pk=row.pk, status=Status.PENDING).update(enqueued_at=at)
+        TaskExecution.objects.row_if(row.pk, Status.PENDING).update(enqueued_at=at)
     logger.info(
         "Execution %s waits: task %r has %s of %s allowed running.", row.pk, task.name, running, task.max_concurrency
     )

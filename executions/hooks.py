@@ -74,7 +74,7 @@ class DirectHooks(ExecutionHooks):
         if (out.total, err.total) != self.saved_bytes:
             fields.update(stdout=out.text(), stderr=err.text(), output_truncated=out.truncated or err.truncated)
         try:
-            TaskExecution.objects.filter(pk=self.execution_id, status=Status.RUNNING).update(**fields)
+            TaskExecution.objects.row_if(self.execution_id, Status.RUNNING).update(**fields)
             self.saved_bytes = (out.total, err.total)
         except DatabaseError as exc:
             # The command goes on; the next tick tries again.

@@ -282,7 +282,7 @@ def _claim_limited_or_explain(
         # send it again for its due time.
         logger.info("Execution %s is not due until %s; sending it again for then.", execution_id, row.scheduled_for)
         sent = messaging.send(row, at=at)
-        TaskExecution.objects.filter(pk=row.pk, status=Status.PENDING).update(enqueued_at=at if sent else None)
+        TaskExecution.objects.row_if(row.pk, Status.PENDING).update(enqueued_at=at if sent else None)
     else:
         logger.info(
             "Execution %s is already %s; duplicate or late message ignored, the command is not run again.",

@@ -83,7 +83,7 @@ def send(execution: TaskExecution, *, at: datetime | None = None) -> bool:
 def send_again_in(execution: TaskExecution, seconds: float, *, at: datetime) -> None:
     """Make a pending ``execution`` due ``seconds`` from ``at`` and send its message for then (it waits, unclaimed)."""
     due = at + timedelta(seconds=seconds)
-    if TaskExecution.objects.filter(pk=execution.pk, status=Status.PENDING).update(scheduled_for=due, enqueued_at=at):
+    if TaskExecution.objects.row_if(execution.pk, Status.PENDING).update(scheduled_for=due, enqueued_at=at):
         execution.scheduled_for = due
         send(execution, at=at)
 

@@ -148,7 +148,7 @@ class Supervisor:
         for e in due:
             output = e.take_output()
             if output is not None:
-                TaskExecution.objects.filter(pk=e.execution_id, status=Status.RUNNING).update(**output)
+                TaskExecution.objects.row_if(e.execution_id, Status.RUNNING).update(**output)
 
 
 supervisor = Supervisor()
