@@ -66,8 +66,9 @@ LAUNCH_INSERT = (
 
 _CLAIM_SET = "status = 'running', started_at = %s, heartbeat_at = %s, worker = %s, celery_task_id = %s"
 # Each row is found by its primary key alone. With statistics taken while nothing was pending, PostgreSQL
-# would rather read the partial index of active rows, that is the whole backlog for every claim; wrapped in
-# IS TRUE, the state test is only a filter, which no index can serve (tests/test_query_plans.py).
+# would rather read the partial index of active rows, that is the whole backlog for every claim (and,
+# without statistics of the tasks, every task without a suite); wrapped in IS TRUE, a test is only a
+# filter, which no index can serve (tests/test_query_plans.py).
 _CLAIM_WHERE = "e.id = %s AND (e.status = 'pending' AND e.scheduled_for <= %s) IS TRUE"
 _CLAIM_RETURNING = (
     f"RETURNING {', '.join(f'e.{c}' for c in EXECUTION_COLUMNS)}, {', '.join(f't.{c}' for c in TASK_COLUMNS)}"
@@ -78,7 +79,7 @@ _CLAIM_RETURNING = (
 # executions/watches.py and executions/suites.py).
 CLAIM_AND_LOAD = (
     f"UPDATE {EXECUTIONS} e SET {_CLAIM_SET} FROM {TASKS} t WHERE {_CLAIM_WHERE} AND t.id = e.task_id "
-    f"AND t.max_concurrency = 0 AND t.wait_for_task_id IS NULL AND t.suite_id IS NULL {_CLAIM_RETURNING}"
+    f"AND (t.max_concurrency = 0 AND t.wait_for_task_id IS NULL AND t.suite_id IS NULL) IS TRUE {_CLAIM_RETURNING}"
 )
 # PostgreSQL: the same for any task, run with the task's row locked and a free slot counted.
 CLAIM_AND_LOAD_LIMITED = (

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from executions import statements
 from executions.models import Status, TaskExecution
+from taskhub.models import Task
 
 pytestmark = [
     pytest.mark.django_db,
@@ -31,23 +32,23 @@ TABLE = TaskExecution._meta.db_table
 BACKLOG = 500
 
 
-def primary_key_index() -> str:
+def primary_key_index(table: str = TABLE) -> str:
     with connection.cursor() as cur:
         cur.execute(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE i.indrelid = %s::regclass AND i.indisprimary",
-            [TABLE],
+            [table],
         )
         return cur.fetchone()[0]
 
 
-def scans_of_executions(plan: dict) -> list[tuple[str, str | None]]:
-    """(node type, index name) of every node of ``plan`` that reads the executions table."""
+def scans_of(plan: dict, table: str = TABLE) -> list[tuple[str, str | None]]:
+    """(node type, index name) of every node of ``plan`` that reads ``table``."""
     found = []
-    if plan.get("Relation Name") == TABLE and "Scan" in plan["Node Type"]:
+    if plan.get("Relation Name") == table and "Scan" in plan["Node Type"]:
         found.append((plan["Node Type"], plan.get("Index Name")))
     for child in plan.get("Plans", []):
-        found.extend(scans_of_executions(child))
+        found.extend(scans_of(child, table))
     return found
 
 
@@ -73,7 +74,9 @@ def backlog_after_quiet_statistics(make_task) -> list[TaskExecution]:
         TaskExecution(task=task, status=Status.SUCCEEDED, scheduled_for=at, finished_at=at) for _ in range(2000)
     )
     with connection.cursor() as cur:
-        cur.execute(f"ANALYZE {TABLE}")  # statistics of a quiet moment: nothing pending, nothing running
+        # Statistics of a quiet moment: nothing pending, nothing running; none yet of the tasks.
+        cur.execute(f"ANALYZE {TABLE}")
+    Task.objects.bulk_create(Task(name=f"more-{i}", command="true") for i in range(1000))
     due = at - timedelta(seconds=1)
     pending = TaskExecution.objects.bulk_create(
         TaskExecution(task=task, status=Status.PENDING, scheduled_for=due) for _ in range(BACKLOG)
@@ -89,7 +92,10 @@ def test_a_claim_reads_its_row_by_primary_key_not_the_whole_backlog(backlog_afte
     sql = getattr(statements, claim)
 
     for kind, plan in plans(sql, [now, now, "w1", "c1", row.pk, now]).items():
-        assert scans_of_executions(plan) == [("Index Scan", primary_key_index())], (kind, plan)
+        assert scans_of(plan) == [("Index Scan", primary_key_index())], (kind, plan)
+        # Its task, too, by primary key, not every task without a limit, a watch or a suite.
+        tasks = Task._meta.db_table
+        assert scans_of(plan, tasks) == [("Index Scan", primary_key_index(tasks))], (kind, plan)
 
 
 @pytest.mark.parametrize("outcome", ["OUTCOME", "OUTCOME_WITH_SNAPSHOT"])
@@ -99,7 +105,7 @@ def test_an_outcome_reads_its_row_by_primary_key_not_every_running_row(backlog_a
     params = [None] * (sql.count("%s") - 1) + [row.pk]
 
     for kind, plan in plans(sql, params).items():
-        assert scans_of_executions(plan) == [("Index Scan", primary_key_index())], (kind, plan)
+        assert scans_of(plan) == [("Index Scan", primary_key_index())], (kind, plan)
 
 
 @pytest.mark.parametrize("status", [Status.PENDING, Status.RUNNING])
@@ -109,6 +115,6 @@ def test_a_guarded_write_through_the_orm_reads_its_row_by_primary_key(backlog_af
 
     plan = json.loads(TaskExecution.objects.row_if(row.pk, status).values("pk").explain(format="json"))[0]["Plan"]
 
-    assert scans_of_executions(plan) == [("Index Scan", primary_key_index())], plan
+    assert scans_of(plan) == [("Index Scan", primary_key_index())], plan
     assert TaskExecution.objects.row_if(row.pk, status).get() == row
     assert not TaskExecution.objects.row_if(row.pk, Status.SUCCEEDED).exists()
