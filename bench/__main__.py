@@ -26,7 +26,7 @@ from bench.harness import configure_environment
 from testsupport import prepare_var_dir
 from testsupport.databases import drop_database
 
-ALL = ("throughput", "latency", "deadline", "retry", "concurrency", "output", "history", "schedules")
+ALL = ("throughput", "latency", "deadline", "retry", "concurrency", "output", "history", "schedules", "backlog")
 
 
 def machine() -> dict[str, object]:

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 import redis
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, Max, Min
 from django.utils import timezone
 
 from bench.baseline import QUEUES, TASKS
@@ -807,3 +807,52 @@ def schedules():
     from bench.schedules import schedules as figure
 
     return figure()
+
+
+# -- 9. a backlog after statistics taken at rest ------------------------------------------------------------
+
+
+def backlog():
+    """Drain a backlog launched while no worker ran, with PostgreSQL's statistics taken at rest.
+
+    Statistics are usually taken when nothing is pending (autoanalyze waits
+    for a tenth of the table to change), so the planner meets a burst as if
+    there were no active rows; a claim that let it choose read the whole
+    backlog for every row it claimed (tests/test_query_plans.py). The
+    figure counts the rows PostgreSQL read per execution while the backlog
+    drains, and the drain's rate, from the first start to the last finish.
+    """
+    n = scaled(5000, 100)
+    task = _task("bench-backlog", "true")
+    at = timezone.now()
+    TaskExecution.objects.bulk_create(
+        (
+            TaskExecution(task=task, status=Status.SUCCEEDED, scheduled_for=at, started_at=at, finished_at=at)
+            for _ in range(4 * n)
+        ),
+        batch_size=5000,
+    )
+    with connection.cursor() as cur:
+        cur.execute(f"ANALYZE {TaskExecution._meta.db_table}, {Task._meta.db_table}")
+    first_id = launch(task).pk
+    for _ in range(n - 1):
+        launch(task)
+    before = _pg_settled_counters()
+    with Worker("bench-backlog", **PREFORK):
+        _wait_all(task, n, 900, first_id=first_id)
+    per_execution = _pg_delta(before, n)
+    drained = TaskExecution.objects.filter(task=task, pk__gte=first_id)
+    span = drained.aggregate(start=Min("started_at"), end=Max("finished_at"))
+    rate = n / (span["end"] - span["start"]).total_seconds()
+    read = per_execution["read"]
+    print(f"   {n} drained at {rate:.0f}/s; PostgreSQL read {read:.0f} rows per execution")
+    return [
+        row(f"backlog of {n:,} × `true` after statistics at rest: drain rate", None, rate, "—", None, "/s"),
+        row(
+            f"backlog of {n:,}: PostgreSQL rows read per execution",
+            None,
+            read,
+            "< 50 (not the backlog)",
+            read < 50,
+        ),
+    ], {"n": n, "rate_per_s": round(rate, 1), "postgres_per_execution": per_execution}
