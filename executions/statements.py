@@ -101,7 +101,10 @@ OUTCOME_COLUMNS = (
 # A row made outside the launch path ran the task as it was when claimed: its outcome records that too.
 SNAPSHOT_COLUMNS = ("command", "shell", "argv", "working_dir", "env", "timeout", "kill_grace")
 # The attempt's end, only if the row is still running: the reaper may have marked it lost meanwhile.
-OUTCOME = f"UPDATE {EXECUTIONS} SET {', '.join(f'{c} = %s' for c in OUTCOME_COLUMNS)} WHERE id = %s AND (status = 'running') IS TRUE"
+OUTCOME = (
+    f"UPDATE {EXECUTIONS} SET {', '.join(f'{c} = %s' for c in OUTCOME_COLUMNS)} "
+    "WHERE id = %s AND (status = 'running') IS TRUE"
+)
 OUTCOME_WITH_SNAPSHOT = (
     f"UPDATE {EXECUTIONS} SET {', '.join(f'{c} = %s' for c in (*OUTCOME_COLUMNS, *SNAPSHOT_COLUMNS))} "
     "WHERE id = %s AND (status = 'running') IS TRUE"
