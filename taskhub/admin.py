@@ -35,6 +35,7 @@ from taskhub.services import launch
 # The console's lists are wide: the page's width goes to them, not to a menu the breadcrumbs already give.
 admin.site.enable_nav_sidebar = False
 
+STATUS_LABELS = dict(Status.choices)
 STATUS_COLOURS = {
     "pending": "#6c757d",
     "running": "#0d6efd",
@@ -436,13 +437,15 @@ class TaskAdmin(OfferedFiltersOnly, admin.ModelAdmin):
         stats = getattr(obj, "console_stats", None)
         if not stats or not stats.recent:
             return mark_safe('<span class="th-strip"></span>')
+        # One reverse() per row, not per square: a page of 50 tasks has 1,000 squares.
+        change_url = reverse("admin:executions_taskexecution_change", args=[987654321]).replace("987654321", "{}")
         squares = format_html_join(
             "",
             '<a class="th-sq" href="{}" title="{}" style="background:{}"></a>',
             (
                 (
-                    reverse("admin:executions_taskexecution_change", args=[e.pk]),
-                    f"#{e.pk} {e.get_status_display()} · attempt {e.attempt} · {console.duration_words(e.duration)}",
+                    change_url.format(e.pk),
+                    f"#{e.pk} {STATUS_LABELS[e.status]} · attempt {e.attempt} · {console.duration_words(e.duration)}",
                     STATUS_COLOURS.get(e.status, "#6c757d"),
                 )
                 for e in reversed(stats.recent)  # oldest left, newest right, as a timeline reads
