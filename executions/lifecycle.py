@@ -353,7 +353,7 @@ def finish(
     if not may_follow and not in_workflow:
         # No next attempt can follow (succeeded, cancelled, not retried):
         # the outcome is one conditional UPDATE, no transaction block around it.
-        if failure and execution.attempt >= task.attempts and _counted_attempts(execution) >= task.attempts:
+        if failure and _used_every_attempt(execution, task):
             _mark_exhausted(fields, task)
         if write():
             _after_outcome(execution, task, fields)
@@ -368,7 +368,7 @@ def finish(
                 retry = 0 if handed_back else _counted_attempts(execution)  # the retry the next attempt would be
                 if not handed_back and retry > task.retry_count:
                     _mark_exhausted(fields, task)
-            elif failure and execution.attempt >= task.attempts and _counted_attempts(execution) >= task.attempts:
+            elif failure and _used_every_attempt(execution, task):
                 _mark_exhausted(fields, task)
             if not write():
                 return outcome
@@ -395,6 +395,11 @@ def _default_decided_by(status: str, retryable: bool) -> str:
     if status == Status.LOST:
         return "lost: retried by the task's retry policy" if retryable else "lost: not retried"
     return ""
+
+
+def _used_every_attempt(execution: TaskExecution, task) -> bool:
+    """Whether the run has used, with this attempt, as many counted attempts as the task allows."""
+    return execution.attempt >= task.attempts and _counted_attempts(execution) >= task.attempts
 
 
 def _mark_exhausted(fields: dict[str, object], task) -> None:
