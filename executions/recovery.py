@@ -30,6 +30,7 @@ from django.utils.timezone import now
 from executions import messaging
 from executions.lifecycle import finish, send_next
 from executions.models import Status, TaskExecution
+from executions.runner import process_has_env
 
 logger = logging.getLogger("executions")
 
@@ -148,20 +149,10 @@ def reconcile_pending(*, requeue_after: float | None = None) -> dict[str, int]:
     return _each_row("re-sending unclaimed executions", candidates, resend)
 
 
-def _process_is_execution(pid: int, execution_id: int) -> bool:
-    """Return True if ``pid`` is alive and was started by TaskHub for ``execution_id``."""
-    marker = f"TASKHUB_EXECUTION_ID={execution_id}".encode()
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            return marker in fh.read().split(b"\0")
-    except OSError:
-        return False
-
-
 def _stop_group_if_ours(execution: TaskExecution) -> None:
     # The pid may have been reused since: kill only a process that carries
     # this execution's id in its environment (then it leads the group).
-    if execution.pid and _process_is_execution(execution.pid, execution.pk):
+    if execution.pid and process_has_env(execution.pid, "TASKHUB_EXECUTION_ID", str(execution.pk)):
         try:
             os.killpg(execution.pid, signal.SIGKILL)
             logger.warning("Killed process group %s left by execution %s.", execution.pid, execution.pk)

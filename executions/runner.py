@@ -181,17 +181,22 @@ def build_env(extra: Mapping[str, str], *, run_as: str = "") -> dict[str, str]:
     return env
 
 
+def process_has_env(pid: int, name: str, value: str) -> bool:
+    """Whether process ``pid`` is alive with ``name=value`` in its environment: ours, not a reused pid (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"{name}={value}".encode() in fh.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+
+
 def processes_with_env(name: str, value: str) -> list[int]:
     """PIDs of live (not zombie) processes whose environment holds ``name=value`` (Linux /proc)."""
-    marker = f"{name}={value}".encode()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or not process_has_env(int(entry), name, value):
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if marker not in fh.read().split(b"\0"):
-                    continue
             with open(f"/proc/{entry}/stat") as fh:
                 if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
                     found.append(int(entry))
@@ -378,7 +383,8 @@ watcher = GroupWatcher()
 # -- running ------------------------------------------------------------------------
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group already gone is no error."""
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
@@ -572,7 +578,7 @@ def _run(spec: CommandSpec, hooks: Hooks, user: pwd.struct_passwd | None, privat
         if not reaped:
             # The supervisor was interrupted (e.g. Celery's backstop time
             # limit): never leave the group behind.
-            _killpg(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             watcher.unregister(pgid)
             try:
                 os.waitpid(pid, 0)
@@ -691,7 +697,7 @@ def _supervise(
 
     def terminate(now: float) -> None:
         nonlocal kill_at
-        _killpg(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         kill_at = now + spec.kill_grace
 
     try:
@@ -714,7 +720,7 @@ def _supervise(
                     result.error = over
                     kill_at = now
             if not killed and kill_at is not None and now >= kill_at:
-                _killpg(pgid, signal.SIGKILL)
+                signal_group(pgid, signal.SIGKILL)
                 killed = True
                 give_up_at = now + DRAIN_AFTER_KILL
             if now >= next_heartbeat:
@@ -728,7 +734,7 @@ def _supervise(
                 if open_pipes == 0:
                     # Stragglers that let go of the output: stop them now.
                     if not killed:
-                        _killpg(pgid, signal.SIGKILL)
+                        signal_group(pgid, signal.SIGKILL)
                     break
                 if kill_at is None:
                     # The command exited but left processes holding its output open.

@@ -35,7 +35,7 @@ from django.db.models import F
 from django.utils.timezone import now
 
 from executions.models import HookKind, HookRun, Status, SuiteHost, SuiteHostState, TaskExecution, Worker
-from executions.runner import CommandSpec, build_env, run_command
+from executions.runner import CommandSpec, build_env, process_has_env, run_command, signal_group
 from taskhub.models import Suite, Task
 
 logger = logging.getLogger("executions")
@@ -206,11 +206,16 @@ def clean_up_if_done(suite_id: int, host: str) -> bool:
             return False
         row.state = SuiteHostState.CLEANING_UP
         row.save(update_fields=["state", "updated_at"])
+    _clean_up(row)
+    return True
+
+
+def _clean_up(row: SuiteHost) -> None:
+    """Stop the background, run cleanup and mark the suite done on its host; the caller moved it to cleaning up."""
     _stop_background(row)
     if row.suite.cleanup:
         run_hook(row, HookKind.CLEANUP, row.suite.cleanup)
     SuiteHost.objects.filter(pk=row.pk).update(state=SuiteHostState.DONE, background_pid=None)
-    return True
 
 
 def clean_up_idle(host: str) -> None:
@@ -231,10 +236,7 @@ def shut_down(host: str) -> None:
             if SuiteHost.objects.filter(pk=row.pk, state=SuiteHostState.RUNNING).update(
                 state=SuiteHostState.CLEANING_UP
             ):
-                _stop_background(row)
-                if row.suite.cleanup:
-                    run_hook(row, HookKind.CLEANUP, row.suite.cleanup)
-                SuiteHost.objects.filter(pk=row.pk).update(state=SuiteHostState.DONE, background_pid=None)
+                _clean_up(row)
         except Exception:
             logger.exception("Suite %s: cleanup on %s at shutdown failed", row.suite_id, host)
 
@@ -249,21 +251,13 @@ def recover(host: str) -> None:
     unfinished = (SuiteHostState.PROVISIONING, SuiteHostState.RUNNING, SuiteHostState.CLEANING_UP)
     for row in SuiteHost.objects.filter(host=host, state__in=unfinished).select_related("suite"):
         try:
-            _stop_background(row)
-            if row.state != SuiteHostState.PROVISIONING and row.suite.cleanup:
-                run_hook(row, HookKind.CLEANUP, row.suite.cleanup)
-            after = SuiteHostState.PENDING if row.state == SuiteHostState.PROVISIONING else SuiteHostState.DONE
-            SuiteHost.objects.filter(pk=row.pk).update(state=after, background_pid=None)
+            if row.state == SuiteHostState.PROVISIONING:
+                _stop_background(row)
+                SuiteHost.objects.filter(pk=row.pk).update(state=SuiteHostState.PENDING, background_pid=None)
+            else:
+                _clean_up(row)
         except Exception:
             logger.exception("Suite %s: recovering %s's previous life failed", row.suite_id, host)
-
-
-def _is_background(pid: int, row_id: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            return f"{MARKER}={row_id}".encode() in fh.read().split(b"\0")
-    except OSError:
-        return False
 
 
 def _stop_background(row: SuiteHost) -> None:
@@ -271,13 +265,13 @@ def _stop_background(row: SuiteHost) -> None:
     pid = SuiteHost.objects.filter(pk=row.pk).values_list("background_pid", flat=True).first()
     if not pid:
         return
-    if _is_background(pid, row.pk):
-        _signal_group(pid, signal.SIGTERM)
+    if process_has_env(pid, MARKER, str(row.pk)):
+        signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + BACKGROUND_GRACE
-        while _is_background(pid, row.pk) and time.monotonic() < deadline:
+        while process_has_env(pid, MARKER, str(row.pk)) and time.monotonic() < deadline:
             _reap()
             time.sleep(0.05)
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
     _reap()
     out_dir = _output_dir(row)
     HookRun.objects.filter(suite_host=row, kind=HookKind.BACKGROUND, pid=pid, finished_at__isnull=True).update(
@@ -287,13 +281,6 @@ def _stop_background(row: SuiteHost) -> None:
         finished_at=now(),
     )
     SuiteHost.objects.filter(pk=row.pk).update(background_pid=None)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _read_tail(path: str) -> str:
