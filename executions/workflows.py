@@ -56,20 +56,22 @@ def run_ended(execution: TaskExecution, workflow: WorkflowRun) -> list[TaskExecu
     if not met or workflow.cancelled_at is not None:
         return []
     created = []
+    reachable: set[int] | None = None  # read once, and only if a link gets as far as needing it
     links = TaskLink.objects.filter(upstream_id=execution.task_id, condition__in=met).select_related("downstream")
     for link in links:
         target = link.downstream
         if TaskExecution.objects.filter(workflow_run_id=workflow.pk, task=target, attempt=1).exists():
             continue  # launched already by another upstream run
-        if not _upstream_met(workflow, target):
+        if reachable is None:
+            reachable = reachable_from(workflow.root_task_id) if workflow.root_task_id else set()
+        if not _upstream_met(workflow, target, reachable):
             continue  # the last upstream run to end launches it
         created.append(_launch(target, workflow, execution))
     return created
 
 
-def _upstream_met(workflow: WorkflowRun, target: Task) -> bool:
-    """Whether every upstream task of ``target`` that this workflow run can reach has ended meeting its condition."""
-    reachable = reachable_from(workflow.root_task_id) if workflow.root_task_id else set()
+def _upstream_met(workflow: WorkflowRun, target: Task, reachable: set[int]) -> bool:
+    """Whether every upstream task of ``target`` in ``reachable`` (from the root) has ended meeting its condition."""
     wanted = [
         (up, condition)
         for up, condition in TaskLink.objects.filter(downstream=target).values_list("upstream_id", "condition")
