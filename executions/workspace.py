@@ -9,11 +9,13 @@ is removed. Files past the cap are listed with their size but not kept.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,21 +46,8 @@ def fetch_argv(resources: list[dict]) -> list[str]:
 
 def collect(directory: str, limit: int) -> list[ArtifactFile]:
     """The regular files under ``directory``, in name order; contents kept while their total stays within ``limit``."""
-    found: list[tuple[str, str, int]] = []
-    for root, dirs, names in os.walk(directory, followlinks=False):
-        dirs.sort()
-        for name in sorted(names):
-            full = os.path.join(root, name)
-            try:
-                info = os.lstat(full)
-            except OSError:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                found.append((os.path.relpath(full, directory).replace(os.sep, "/"), full, info.st_size))
-            if len(found) >= MAX_FILES:
-                break
     files, kept = [], 0
-    for name, full, size in found:
+    for name, full, size in itertools.islice(_regular_files(directory), MAX_FILES):
         content = None
         if kept + size <= limit:
             content = _read(full, size)
@@ -68,6 +57,20 @@ def collect(directory: str, limit: int) -> list[ArtifactFile]:
     return files
 
 
+def _regular_files(directory: str) -> Iterator[tuple[str, str, int]]:
+    """(name relative to ``directory``, path, size) of each regular file under it, in name order."""
+    for root, dirs, names in os.walk(directory, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            try:
+                info = os.lstat(full)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield os.path.relpath(full, directory).replace(os.sep, "/"), full, info.st_size
+
+
 def _read(path: str, size: int) -> bytes | None:
     try:
         # O_NOFOLLOW: a file swapped for a link since the listing is not read through it.
@@ -75,5 +78,4 @@ def _read(path: str, size: int) -> bytes | None:
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:
-        data = fh.read(size + 1)
-    return data if len(data) == size else data[:size]
+        return fh.read(size)  # no more than was listed, should it have grown since

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
+from executions import workspace
 from executions.models import Artifact, Status, TaskExecution
 from taskhub.services import launch
 from tests.conftest import finished, wait_for
@@ -176,3 +177,16 @@ def test_an_attempt_that_leaves_no_artifacts_writes_none_and_a_task_that_keeps_n
     assert keeping.status == Status.SUCCEEDED and keeping.stdout.startswith("/")
     assert not_keeping.stdout == "none\n"  # it pays nothing for artifacts
     assert not Artifact.objects.exists()
+
+
+def test_an_attempt_lists_at_most_max_files_artifacts_however_its_directories_split_them(tmp_path):
+    for folder in ("a", "b", "c"):
+        (tmp_path / folder).mkdir()
+        for i in range(workspace.MAX_FILES // 2):
+            (tmp_path / folder / f"{i:04}.txt").write_bytes(b"x")
+
+    files = workspace.collect(str(tmp_path), limit=10)
+
+    assert len(files) == workspace.MAX_FILES
+    assert files[0].name == "a/0000.txt" and files[-1].name == f"b/{workspace.MAX_FILES // 2 - 1:04}.txt"
+    assert [f.content for f in files[:11]] == [b"x"] * 10 + [None]  # kept within the cap, then listed only
