@@ -190,21 +190,6 @@ def process_has_env(pid: int, name: str, value: str) -> bool:
         return False
 
 
-def processes_with_env(name: str, value: str) -> list[int]:
-    """PIDs of live (not zombie) processes whose environment holds ``name=value`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or not process_has_env(int(entry), name, value):
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    found.append(int(entry))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return found
-
-
 # -- the user commands run as -------------------------------------------------------
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from executions.confine import live_processes
-from executions.runner import processes_with_env
+from executions.runner import process_has_env
 
 
 def group_members(pgid: int) -> list[int]:
     """PIDs of live (non-zombie) processes in process group ``pgid``."""
     return [pid for pid, group, _ in live_processes() if group == pgid]
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose environment holds ``name=value``."""
+    return [pid for pid, _, _ in live_processes() if process_has_env(pid, name, value)]
 
 
 def processes_of_execution(execution_id: int) -> list[int]:
