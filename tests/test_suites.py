@@ -23,8 +23,10 @@ BACKGROUND = (
 )
 CLEANUP = "import os; open(os.environ['HOOK_LOG'], 'a').write(f\"cleanup {os.environ['TASKHUB_HOST']}\\n\")"
 # A suite task that succeeds only while the background is alive.
+# The background writes its pid file once its interpreter is up, which may be after a task's starts: wait for it.
 SEES_BACKGROUND = (
     "python3 -c \"import os, time; path = os.path.join(os.environ['PID_DIR'], 'background.pid'); "
+    "[time.sleep(0.05) for _ in range(200) if not (os.path.exists(path) and os.path.getsize(path))]; "
     "pid = int(open(path).read()); os.kill(pid, 0); time.sleep(0.5); print('background', pid)\""
 )
 
